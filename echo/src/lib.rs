@@ -1,0 +1,186 @@
+//! The demo and test upstream for wsgate.
+//!
+//! A WebSocket echo server that also answers ordinary HTTP requests and records every request
+//! head that reaches it, so that a test can assert what the upstream saw (or that it saw
+//! nothing). It is deliberately lenient: it accepts an upgrade without `Sec-WebSocket-Key`,
+//! because Envoy forwards an HTTP/2 extended CONNECT (RFC 8441) as an HTTP/1.1 upgrade that has
+//! none.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// The largest request head the server reads; a longer one is answered with 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// One request head as it reached the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub method: String,
+    /// The request target, query string included.
+    pub path: String,
+    /// Header lines in arrival order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    /// Every value of the header `name` (lower-case), in arrival order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn is_upgrade(&self) -> bool {
+        !self.header_values("upgrade").is_empty()
+    }
+}
+
+/// What the server has seen so far, shared with whoever started it.
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<Vec<SeenRequest>>>);
+
+impl Recorder {
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.0.lock().map(|seen| seen.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, request: SeenRequest) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push(request);
+        }
+    }
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, recorder: Recorder, verbose: bool) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = handle(stream, recorder, verbose).await {
+                if verbose {
+                    eprintln!("wsgate-echo: connection ended: {error}");
+                }
+            }
+        });
+    }
+}
+
+/// Binds `addr` and serves on the current tokio runtime; returns the bound address.
+pub async fn start(addr: &str, recorder: Recorder) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(serve(listener, recorder, false));
+    Ok(local)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn handle(mut stream: TcpStream, recorder: Recorder, verbose: bool) -> Result<(), BoxError> {
+    loop {
+        let Some((head, rest)) = read_head(&mut stream).await? else {
+            return Ok(());
+        };
+        let Some(request) = parse_head(&head) else {
+            stream
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await?;
+            return Ok(());
+        };
+        if verbose {
+            println!("upstream <- {} {}", request.method, request.path);
+        }
+        recorder.record(request.clone());
+        if request.is_upgrade() {
+            return echo_websocket(stream, &request, rest).await;
+        }
+        let body = format!("{} {}\n", request.method, request.path);
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{}",
+            body.len(),
+            if request.method == "HEAD" { "" } else { &body }
+        );
+        stream.write_all(reply.as_bytes()).await?;
+    }
+}
+
+async fn echo_websocket(
+    mut stream: TcpStream,
+    request: &SeenRequest,
+    rest: Vec<u8>,
+) -> Result<(), BoxError> {
+    let mut reply = String::from(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+    );
+    if let Some(key) = request.header_values("sec-websocket-key").first() {
+        reply.push_str(&format!(
+            "sec-websocket-accept: {}\r\n",
+            derive_accept_key(key.as_bytes())
+        ));
+    }
+    reply.push_str("\r\n");
+    stream.write_all(reply.as_bytes()).await?;
+    let mut socket = WebSocketStream::from_partially_read(stream, rest, Role::Server, None).await;
+    while let Some(message) = socket.next().await {
+        let message = message?;
+        if message.is_text() || message.is_binary() {
+            socket.send(message).await?;
+        } else if message.is_close() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to the end of a request head; returns the head and any bytes read past it.
+async fn read_head(stream: &mut TcpStream) -> Result<Option<(Vec<u8>, Vec<u8>)>, BoxError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok(Some((buf, rest)));
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            stream
+                .write_all(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await?;
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+fn parse_head(head: &[u8]) -> Option<SeenRequest> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_string();
+    let path = request_line.next()?.to_string();
+    let headers = lines
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    Some(SeenRequest {
+        method,
+        path,
+        headers,
+    })
+}

@@ -1,0 +1,34 @@
+//! wsgate: a proxy-wasm filter for Envoy that guards WebSocket handshakes.
+//!
+//! Browsers do not apply CORS to the WebSocket handshake, so any page can open a socket to a
+//! server with the user's cookies (Cross-Site WebSocket Hijacking). wsgate checks the handshake
+//! at the proxy, before it reaches the upstream.
+//!
+//! The request flow:
+//! 1. `on_configure`: the plugin's JSON is parsed ([`Config`]) and compiled ([`Policy::compile`])
+//!    once per VM; an invalid configuration is refused, and Envoy refuses the filter with it.
+//! 2. `on_http_request_headers`: the shell builds a [`Request`] from the host's headers and calls
+//!    [`decide`].
+//! 3. A request that is not an upgrade passes untouched ([`Verdict::Pass`]).
+//! 4. An upgrade whose `Origin` the policy admits goes on ([`Verdict::Admit`]).
+//! 5. Any other upgrade gets a local reply ([`Verdict::Deny`]) and one log line; the upstream
+//!    never sees it.
+//!
+//! Everything but `filter` is plain Rust that never calls the host, so it is tested natively and
+//! compiled to wasm32. `filter` is the only module that names `proxy_wasm`.
+
+pub mod config;
+pub mod error;
+pub mod origin;
+pub mod policy;
+pub mod request;
+pub mod verdict;
+
+#[cfg(target_os = "wasi")]
+mod filter;
+
+pub use config::{Admission, Config};
+pub use error::ConfigError;
+pub use policy::{decide, Policy};
+pub use request::Request;
+pub use verdict::{Denial, DenyReason, Verdict};

@@ -1,0 +1,155 @@
+//! What the core decided, and why. Each reason has one log word and one reply, defined here.
+
+use crate::request::Request;
+
+/// The outcome of [`crate::decide`] for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict<'p> {
+    /// Not an upgrade: the request passes untouched.
+    Pass,
+    /// An upgrade the policy admits: it goes on to the upstream.
+    Admit,
+    /// An upgrade the policy refuses: answered locally, the upstream never sees it.
+    Deny(Denial<'p>),
+}
+
+/// A refusal: the reason, and the local reply that carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial<'p> {
+    pub reason: DenyReason,
+    pub status: u16,
+    pub body: &'p str,
+}
+
+/// Why an upgrade was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// A well-formed origin that the allow-list does not admit.
+    OriginNotAllowed,
+    /// No `Origin` header, and `missing_origin` is `deny`.
+    OriginMissing,
+    /// `Origin: null`, and `null_origin` is `deny`.
+    OriginNull,
+    /// An `Origin` that is not exactly one serialized origin.
+    OriginMalformed,
+    /// wsgate holds no valid configuration: upgrades are refused, never passed.
+    NoPolicy,
+}
+
+/// The status of the reply to [`DenyReason::NoPolicy`].
+pub const NO_POLICY_STATUS: u16 = 503;
+/// The body of the reply to [`DenyReason::NoPolicy`].
+pub const NO_POLICY_BODY: &str = "Service Unavailable: WebSocket gate has no valid configuration";
+/// The content type of every local reply.
+pub const REPLY_CONTENT_TYPE: &str = "text/plain";
+
+/// The longest excerpt of a request value that a log line quotes.
+const LOG_EXCERPT_BYTES: usize = 256;
+
+impl DenyReason {
+    /// The word for this reason in logs (and, later, in stat names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::OriginNotAllowed => "origin_not_allowed",
+            DenyReason::OriginMissing => "origin_missing",
+            DenyReason::OriginNull => "origin_null",
+            DenyReason::OriginMalformed => "origin_malformed",
+            DenyReason::NoPolicy => "no_policy",
+        }
+    }
+}
+
+impl Denial<'_> {
+    /// One log line for this denial: the reason, the origin and the path without its query
+    /// string (where credentials travel). Request values are escaped and cut short, so a
+    /// hostile header cannot forge or flood log lines.
+    pub fn log_line(&self, request: &Request) -> String {
+        let origins: Vec<&[u8]> = request.values("origin").collect();
+        let origin = match origins.as_slice() {
+            [] => "-".to_string(),
+            values => values
+                .iter()
+                .map(|v| excerpt(v))
+                .collect::<Vec<_>>()
+                .join("\",\""),
+        };
+        let path = request.path();
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        format!(
+            "wsgate: denied upgrade: reason={} status={} origin=\"{}\" path=\"{}\"",
+            self.reason.as_str(),
+            self.status,
+            origin,
+            excerpt(path)
+        )
+    }
+}
+
+fn excerpt(value: &[u8]) -> String {
+    let cut = value.get(..LOG_EXCERPT_BYTES).unwrap_or(value);
+    let mut text = cut.escape_ascii().to_string().replace('"', "\\\"");
+    if cut.len() < value.len() {
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn denial() -> Denial<'static> {
+        Denial {
+            reason: DenyReason::OriginNotAllowed,
+            status: 403,
+            body: "no",
+        }
+    }
+
+    fn request(headers: &[(&str, &[u8])]) -> Request {
+        Request::new(
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_log_line_names_reason_origin_and_path_without_query() {
+        let r = request(&[
+            (":path", b"/ws?access_token=secret"),
+            ("origin", b"https://evil.example"),
+        ]);
+        let line = denial().log_line(&r);
+        assert_eq!(
+            line,
+            "wsgate: denied upgrade: reason=origin_not_allowed status=403 origin=\"https://evil.example\" path=\"/ws\""
+        );
+    }
+
+    #[test]
+    fn the_log_line_escapes_control_bytes_quotes_and_non_ascii() {
+        let r = request(&[(":path", b"/ws"), ("origin", b"https://e\"vil\x1b\xff")]);
+        let line = denial().log_line(&r);
+        assert!(
+            line.contains(r#"origin="https://e\"vil\x1b\xff""#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_log_line_cuts_long_values_short() {
+        let long = vec![b'a'; 10_000];
+        let r = request(&[(":path", b"/"), ("origin", &long)]);
+        assert!(denial().log_line(&r).len() < 400);
+    }
+
+    #[test]
+    fn the_log_line_marks_a_missing_origin() {
+        let r = request(&[(":path", b"/ws")]);
+        assert!(denial().log_line(&r).contains("origin=\"-\""));
+    }
+}

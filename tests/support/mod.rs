@@ -1,0 +1,296 @@
+//! End-to-end harness: a real Envoy with the built wsgate module in front of our echo upstream.
+//!
+//! Every server listens on 127.0.0.1 on a port found free at run time. Envoy is a child process
+//! stopped by PID when its handle drops, pass or fail; on a failing test its log is printed.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod client;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use wsgate_echo::{Recorder, SeenRequest};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Envoy binary: `$WSGATE_ENVOY`, or the one `make` installs into `.venv`.
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("WSGATE_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "no Envoy at {}: run the tests with `make test`, which installs it",
+        path.display()
+    );
+    path
+}
+
+/// The built module: `$WSGATE_WASM`, or the release build `make build` writes.
+pub fn wasm_path() -> PathBuf {
+    let path = std::env::var_os("WSGATE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/wsgate.wasm"));
+    assert!(
+        path.exists(),
+        "no module at {}: run the tests with `make test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh scratch folder for one Envoy's config and log.
+fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("wsgate-e2e-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The YAML of one HTTP listener with wsgate (plugin config `plugin_json`) before the router.
+pub fn listener_yaml(name: &str, port: u16, plugin_json: &str) -> String {
+    let value = serde_json::to_string(plugin_json).unwrap();
+    format!(
+        r#"
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          codec_type: AUTO
+          upgrade_configs: [{{upgrade_type: websocket}}]
+          http2_protocol_options: {{allow_connect: true}}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream, timeout: 0s}}}}]
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: wsgate-{name}
+                root_id: wsgate
+                failure_policy: FAIL_CLOSED
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {value}
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {wasm}}}}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+        wasm = wasm_path().display()
+    )
+}
+
+/// A whole bootstrap: the given listeners, an `upstream` cluster at `upstream`, an admin port.
+pub fn bootstrap_yaml(listeners: &[String], upstream: SocketAddr, admin_port: u16) -> String {
+    format!(
+        r#"static_resources:
+  listeners:{listeners}
+  clusters:
+  - name: upstream
+    connect_timeout: 2s
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+"#,
+        listeners = listeners.concat(),
+        ip = upstream.ip(),
+        port = upstream.port()
+    )
+}
+
+/// A running Envoy. Dropping it kills the process; a failing test also gets its log printed.
+pub struct Envoy {
+    child: Child,
+    dir: PathBuf,
+    pub admin_port: u16,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap` and waits until its admin says it is ready.
+    pub fn start(bootstrap: &str, admin_port: u16) -> Envoy {
+        let dir = scratch_dir();
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, bootstrap).unwrap();
+        let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut envoy = Envoy {
+            child,
+            dir,
+            admin_port,
+        };
+        envoy.wait_ready();
+        envoy
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("Envoy exited during start-up ({status}):\n{}", self.log());
+            }
+            if self
+                .admin_get("/ready")
+                .is_some_and(|body| body.contains("LIVE"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("Envoy was not ready within 30 s:\n{}", self.log());
+    }
+
+    /// The body of an admin endpoint, if it answered 200.
+    pub fn admin_get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
+    /// Everything Envoy has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Envoy's log lines from wsgate.
+    pub fn wsgate_log(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("wasm log"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- Envoy log ----\n{}---- end of Envoy log ----",
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Envoy with wsgate in front of a fresh echo upstream: one listener per plugin config.
+pub struct Gate {
+    pub envoy: Envoy,
+    /// The listener ports, in the order of the plugin configs.
+    pub ports: Vec<u16>,
+    pub upstream: Recorder,
+}
+
+impl Gate {
+    /// Starts the echo upstream on the current tokio runtime and Envoy in front of it.
+    pub async fn start(plugin_configs: &[&str]) -> Gate {
+        let upstream = Recorder::default();
+        let upstream_addr = wsgate_echo::start("127.0.0.1:0", upstream.clone())
+            .await
+            .unwrap();
+        let ports: Vec<u16> = plugin_configs.iter().map(|_| free_port()).collect();
+        let listeners: Vec<String> = plugin_configs
+            .iter()
+            .zip(&ports)
+            .enumerate()
+            .map(|(i, (config, port))| listener_yaml(&format!("listener_{i}"), *port, config))
+            .collect();
+        let admin_port = free_port();
+        let envoy = Envoy::start(
+            &bootstrap_yaml(&listeners, upstream_addr, admin_port),
+            admin_port,
+        );
+        Gate {
+            envoy,
+            ports,
+            upstream,
+        }
+    }
+
+    /// The first listener's port.
+    pub fn port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    /// What the upstream has received so far.
+    pub fn upstream_requests(&self) -> Vec<SeenRequest> {
+        self.upstream.requests()
+    }
+}
+
+/// Runs `envoy --mode validate` on a bootstrap file (paths relative to `cwd`).
+pub fn validate(config: &Path, cwd: &Path) -> Output {
+    Command::new(envoy_bin())
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(config)
+        .args(["--disable-hot-restart", "-l", "info"])
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// Validates a bootstrap given as text.
+pub fn validate_yaml(bootstrap: &str) -> Output {
+    let dir = scratch_dir();
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, bootstrap).unwrap();
+    let output = validate(&config, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    output
+}
