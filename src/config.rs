@@ -32,13 +32,29 @@ pub struct Config {
     pub deny_body: String,
 }
 
-/// Whether a class of requests is let through.
+/// Whether a class of requests is let through: `"deny"` or `"allow"`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String")]
 pub enum Admission {
     #[default]
     Deny,
     Allow,
+}
+
+/// Read through a string, so that `true` or `"maybe"` get an error that says what is expected
+/// (serde's own enum error for a non-string is only "expected value").
+impl TryFrom<String> for Admission {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Admission, String> {
+        match value.as_str() {
+            "deny" => Ok(Admission::Deny),
+            "allow" => Ok(Admission::Allow),
+            _ => Err(format!(
+                "unknown value {value:?}, expected \"deny\" or \"allow\""
+            )),
+        }
+    }
 }
 
 fn default_deny_status() -> u16 {
@@ -53,11 +69,17 @@ impl Config {
     /// Parses the JSON text of a plugin configuration. An error names the JSON path of the
     /// offending value (`allowed_origins[1]`), or the key that is not known.
     pub fn from_json(json: &[u8]) -> Result<Config, ConfigError> {
-        if json.iter().all(u8::is_ascii_whitespace) {
-            return Err(ConfigError::new(
-                "configuration",
-                "is empty; wsgate needs at least `allowed_origins`",
-            ));
+        match json.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => {
+                let problem = "is empty; wsgate needs at least `allowed_origins`";
+                return Err(ConfigError::new("configuration", problem));
+            }
+            // serde would also read a struct from a JSON array, by position: refuse that form.
+            Some(b'{') => {}
+            Some(_) => {
+                let problem = "invalid type: the configuration must be a JSON object";
+                return Err(ConfigError::new("configuration", problem));
+            }
         }
         let mut deserializer = serde_json::Deserializer::from_slice(json);
         let config: Config =

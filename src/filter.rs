@@ -30,14 +30,14 @@ impl RootContext for Root {
         let json = self.get_plugin_configuration().unwrap_or_default();
         match Policy::from_json(&json) {
             Ok(policy) => {
-                log::info!("wsgate: configuration loaded: {}", policy.summary());
+                log::info!("configuration loaded: {}", policy.summary());
                 self.policy = Some(Rc::new(policy));
                 true
             }
             Err(error) => {
                 // Returning false makes Envoy refuse this configuration; a policy loaded earlier
                 // (if any) keeps serving.
-                log::error!("wsgate: configuration rejected: {error}");
+                log::error!("configuration rejected: {error}");
                 false
             }
         }

@@ -82,11 +82,11 @@ fn split(text: &str) -> Result<Parts<'_>, OriginError> {
     if !text.is_ascii() {
         return Err(OriginError::NonAscii);
     }
-    if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(OriginError::Whitespace);
-    }
     if text.contains(',') {
         return Err(OriginError::List);
+    }
+    if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(OriginError::Whitespace);
     }
     let (scheme, authority) = text
         .split_once("://")

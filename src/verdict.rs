@@ -76,7 +76,7 @@ impl Denial<'_> {
         let path = request.path();
         let path = path.split(|&b| b == b'?').next().unwrap_or_default();
         format!(
-            "wsgate: denied upgrade: reason={} status={} origin=\"{}\" path=\"{}\"",
+            "denied upgrade: reason={} status={} origin=\"{}\" path=\"{}\"",
             self.reason.as_str(),
             self.status,
             origin,
@@ -87,7 +87,8 @@ impl Denial<'_> {
 
 fn excerpt(value: &[u8]) -> String {
     let cut = value.get(..LOG_EXCERPT_BYTES).unwrap_or(value);
-    let mut text = cut.escape_ascii().to_string().replace('"', "\\\"");
+    // escape_ascii also escapes '"' and '\\', so a value cannot close the quotes around it.
+    let mut text = cut.escape_ascii().to_string();
     if cut.len() < value.len() {
         text.push_str("...");
     }
@@ -126,7 +127,7 @@ mod tests {
         let line = denial().log_line(&r);
         assert_eq!(
             line,
-            "wsgate: denied upgrade: reason=origin_not_allowed status=403 origin=\"https://evil.example\" path=\"/ws\""
+            "denied upgrade: reason=origin_not_allowed status=403 origin=\"https://evil.example\" path=\"/ws\""
         );
     }
 

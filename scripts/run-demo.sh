@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Starts the demo behind `make run`: the echo upstream on 127.0.0.1:9000 and Envoy with wsgate
+# on envoy/envoy.yaml. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENVOY=${ENVOY:-.venv/bin/envoy}
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+target/release/wsgate-echo 127.0.0.1:9000 &
+pids+=($!)
+# Envoy's own lines at warning and up; wsgate's (config loaded, each denial) at info and up.
+"$ENVOY" -c envoy/envoy.yaml --concurrency 2 -l warn --component-log-level wasm:info &
+envoy_pid=$!
+pids+=("$envoy_pid")
+
+for _ in $(seq 100); do
+  if curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1; then break; fi
+  kill -0 "$envoy_pid" 2>/dev/null || { echo "Envoy did not start; see its log above." >&2; exit 1; }
+  sleep 0.1
+done
+
+client=target/release/wsgate-client
+cat <<TRY
+
+wsgate demo is running: Envoy on 127.0.0.1:8080 (public) and :8081 (internal), admin :9901.
+Try, in another terminal:
+
+  $client ws://127.0.0.1:8080/ws --origin https://app.example.com hello
+      101 Switching Protocols
+      echo: hello
+  $client ws://127.0.0.1:8080/ws --origin https://evil.example hello
+      403 Forbidden
+      Forbidden: origin not allowed
+  $client ws://127.0.0.1:8080/ws --origin https://app.example.com.evil.example hello
+      403 Forbidden
+      Forbidden: origin not allowed
+  $client ws://127.0.0.1:8081/ws hello
+      101 Switching Protocols        (the internal listener admits tools that send no Origin)
+      echo: hello
+  curl -si http://127.0.0.1:8080/ws -H 'Origin: https://evil.example' \\
+       -H 'Connection: keep-alive, Upgrade' -H 'Upgrade: websocket' \\
+       -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='
+      HTTP/1.1 403 Forbidden
+  curl -s http://127.0.0.1:8080/page -H 'Origin: https://evil.example'
+      GET /page                       (ordinary requests pass untouched)
+
+Ctrl-C stops the demo.
+TRY
+wait "$envoy_pid"
