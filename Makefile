@@ -10,7 +10,9 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 export WSGATE_ENVOY := $(abspath $(ENVOY))
 export WSGATE_WASM  := $(abspath $(WASM))
 
-.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli
+CERT          := .run/tls/cert.pem
+
+.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,14 +34,22 @@ wasm-bindgen-cli: ## Install wasm-bindgen-test-runner matching Cargo.lock
 	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
 	fi
 
-setup: targets envoy wasm-bindgen-cli ## Everything the build and the tests need
+cert: $(CERT) ## A self-signed certificate for localhost in .run/tls/, for the demo's TLS listener
+
+$(CERT):
+	mkdir -p $(dir $(CERT))
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
+	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+	  -keyout $(dir $(CERT))key.pem -out $(CERT) 2>/dev/null
+
+setup: targets envoy wasm-bindgen-cli cert ## Everything the build and the tests need
 
 build: targets ## Build the module and the demo upstream and client
 	cargo build --release --target wasm32-wasip1 -p wsgate
 	cargo build --release -p wsgate-echo
 	@ls -l $(WASM)
 
-run: build envoy ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
+run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
 	ENVOY=$(ENVOY) scripts/run-demo.sh
 
 test: setup build test-native test-wasm ## Every test: unit, scenarios, wasm32, end to end through Envoy
@@ -49,7 +59,7 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios
+	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers
 
 lint: targets ## rustfmt check, clippy natively and on both wasm targets
 	cargo fmt --all --check

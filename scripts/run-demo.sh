@@ -23,10 +23,11 @@ for _ in $(seq 100); do
 done
 
 client=target/release/wsgate-client
+handshake="-H 'Connection: keep-alive, Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='"
 cat <<TRY
 
-wsgate demo is running: Envoy on 127.0.0.1:8080 (public) and :8081 (internal), admin :9901.
-Try, in another terminal:
+wsgate demo is running: Envoy on 127.0.0.1:8443 (TLS), :8080 (plaintext), :8081 (internal),
+admin :9901. Try, in another terminal:
 
   $client ws://127.0.0.1:8080/ws --origin https://app.example.com hello
       101 Switching Protocols
@@ -40,12 +41,18 @@ Try, in another terminal:
   $client ws://127.0.0.1:8081/ws hello
       101 Switching Protocols        (the internal listener admits tools that send no Origin)
       echo: hello
-  curl -si http://127.0.0.1:8080/ws -H 'Origin: https://evil.example' \\
-       -H 'Connection: keep-alive, Upgrade' -H 'Upgrade: websocket' \\
-       -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='
-      HTTP/1.1 403 Forbidden
-  curl -s http://127.0.0.1:8080/page -H 'Origin: https://evil.example'
-      GET /page                       (ordinary requests pass untouched)
+
+Over TLS (self-signed certificate, hence -k), where wss:// is required:
+
+  curl -sk --http1.1 https://localhost:8443/ws -H 'Origin: https://app.example.com' \\
+       $handshake --max-time 1 -o /dev/null -w '%{http_code}\\n'
+      101
+  curl -sk --http1.1 https://localhost:8443/ws -H 'Origin: https://evil.example' \\
+       $handshake -w ' %{http_code}\\n'
+      Forbidden: origin not allowed 403
+  curl -skI https://localhost:8443/page
+      HTTP/2 200 ... content-security-policy: base-uri 'none'; connect-src 'self' wss://chat.example.com; ...
+      strict-transport-security, x-content-type-options, referrer-policy, cross-origin-opener-policy, ...
 
 Ctrl-C stops the demo.
 TRY

@@ -30,7 +30,96 @@ pub struct Config {
     /// Body of that reply, sent as `text/plain`. Defaults to `Forbidden: origin not allowed`.
     #[serde(default = "default_deny_body")]
     pub deny_body: String,
+    /// Security headers for every response that is not the answer to an upgrade. Defaults to
+    /// the recommended set; `null` sends none.
+    #[serde(default = "default_response_headers")]
+    pub response_headers: Option<ResponseHeadersConfig>,
+    /// Refuse upgrades that did not arrive over TLS (403, `insecure_transport`), before any
+    /// other check. Defaults to true.
+    #[serde(default = "default_true")]
+    pub require_tls: bool,
+    /// Also count `x-forwarded-proto: https` as TLS, for a TLS-terminating load balancer in
+    /// front of Envoy. Defaults to false: a client can send that header itself.
+    #[serde(default)]
+    pub trust_forwarded_proto: bool,
 }
+
+/// `response_headers`: each header has a recommended default and is switched off with `null`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseHeadersConfig {
+    /// A ready policy string, or `{"directives": {...}, "report_only": false, "report_to": ...}`.
+    /// Defaults to [`DEFAULT_CSP`].
+    #[serde(default = "default_csp")]
+    pub content_security_policy: Option<CspConfig>,
+    /// What to do where the upstream already sent the header. Defaults to `append`.
+    #[serde(default)]
+    pub on_existing: OnExisting,
+    /// Sent only on responses to requests that arrived over TLS.
+    /// Defaults to `max-age=63072000; includeSubDomains` (two years).
+    #[serde(default = "default_hsts")]
+    pub strict_transport_security: Option<String>,
+    /// Defaults to `nosniff`, its only value.
+    #[serde(default = "default_nosniff")]
+    pub x_content_type_options: Option<String>,
+    /// Defaults to `strict-origin-when-cross-origin`.
+    #[serde(default = "default_referrer_policy")]
+    pub referrer_policy: Option<String>,
+    /// Defaults to `same-origin`.
+    #[serde(default = "default_coop")]
+    pub cross_origin_opener_policy: Option<String>,
+    /// Further headers, added like the others. Defaults to none.
+    #[serde(default)]
+    pub extra: Vec<ExtraHeader>,
+}
+
+/// A Content-Security-Policy: a ready string, or directives rendered once at load.
+#[derive(Clone, Debug)]
+pub enum CspConfig {
+    Text(String),
+    Directives(CspDirectives),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CspDirectives {
+    /// Directive name to its values; rendered in the order of the names.
+    pub directives: std::collections::BTreeMap<String, Vec<String>>,
+    /// Send `Content-Security-Policy-Report-Only` instead. Defaults to false.
+    #[serde(default)]
+    pub report_only: bool,
+    /// Adds `report-to <group>`. Defaults to none.
+    #[serde(default)]
+    pub report_to: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// What to do where the upstream's response already has the header.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum OnExisting {
+    /// Content-Security-Policy: add ours beside the upstream's (browsers enforce both, so this
+    /// can only tighten). Other headers: add ours only where there is none.
+    #[default]
+    Append,
+    /// Add ours only where the upstream sent none.
+    Keep,
+    /// Remove the upstream's and send ours.
+    Replace,
+}
+
+/// The policy sent when `content_security_policy` is not given. It limits what every page
+/// needs limiting without knowing the site: where it may connect (its own origin, which
+/// includes `wss://` to the same host), plugins, `<base>` and framing. Script and style sources
+/// need knowledge of the site, so they are left to `directives`.
+pub const DEFAULT_CSP: &str =
+    "base-uri 'self'; connect-src 'self'; frame-ancestors 'self'; object-src 'none'";
 
 /// Whether a class of requests is let through: `"deny"` or `"allow"`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -47,13 +136,90 @@ impl TryFrom<String> for Admission {
     type Error = String;
 
     fn try_from(value: String) -> Result<Admission, String> {
-        match value.as_str() {
-            "deny" => Ok(Admission::Deny),
-            "allow" => Ok(Admission::Allow),
-            _ => Err(format!(
-                "unknown value {value:?}, expected \"deny\" or \"allow\""
-            )),
+        choose(&value, &[("deny", Admission::Deny), ("allow", Admission::Allow)])
+    }
+}
+
+impl TryFrom<String> for OnExisting {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<OnExisting, String> {
+        let choices =
+            [("append", OnExisting::Append), ("keep", OnExisting::Keep), ("replace", OnExisting::Replace)];
+        choose(&value, &choices)
+    }
+}
+
+/// The choice named `value`, or an error that lists the names.
+fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, choice)) = choices.iter().find(|(name, _)| *name == value) {
+        return Ok(*choice);
+    }
+    let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
+    Err(format!("unknown value {value:?}, expected one of {}", names.join(", ")))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_response_headers() -> Option<ResponseHeadersConfig> {
+    Some(ResponseHeadersConfig::default())
+}
+
+fn default_csp() -> Option<CspConfig> {
+    Some(CspConfig::Text(DEFAULT_CSP.to_string()))
+}
+
+fn default_hsts() -> Option<String> {
+    Some("max-age=63072000; includeSubDomains".to_string())
+}
+
+fn default_nosniff() -> Option<String> {
+    Some("nosniff".to_string())
+}
+
+fn default_referrer_policy() -> Option<String> {
+    Some("strict-origin-when-cross-origin".to_string())
+}
+
+fn default_coop() -> Option<String> {
+    Some("same-origin".to_string())
+}
+
+impl Default for ResponseHeadersConfig {
+    fn default() -> ResponseHeadersConfig {
+        ResponseHeadersConfig {
+            content_security_policy: default_csp(),
+            on_existing: OnExisting::default(),
+            strict_transport_security: default_hsts(),
+            x_content_type_options: default_nosniff(),
+            referrer_policy: default_referrer_policy(),
+            cross_origin_opener_policy: default_coop(),
+            extra: Vec::new(),
         }
+    }
+}
+
+/// Reads a string or an object, so that each form keeps serde's own errors (an untagged enum
+/// would only say that nothing matched).
+impl<'de> Deserialize<'de> for CspConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<CspConfig, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = CspConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a policy string or an object with \"directives\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<CspConfig, E> {
+                Ok(CspConfig::Text(text.to_string()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<CspConfig, M::Error> {
+                let deserializer = serde::de::value::MapAccessDeserializer::new(map);
+                CspDirectives::deserialize(deserializer).map(CspConfig::Directives)
+            }
+        }
+        deserializer.deserialize_any(Either)
     }
 }
 
@@ -82,19 +248,12 @@ impl Config {
             }
         }
         let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let config: Config =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-                let path = error.path().to_string();
-                let field = if path == "." {
-                    "configuration".to_string()
-                } else {
-                    path
-                };
-                ConfigError::new(field, error.into_inner().to_string())
-            })?;
-        deserializer
-            .end()
-            .map_err(|error| ConfigError::new("configuration", error.to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let field = if path == "." { "configuration".to_string() } else { path };
+            ConfigError::new(field, error.into_inner().to_string())
+        })?;
+        deserializer.end().map_err(|error| ConfigError::new("configuration", error.to_string()))?;
         Ok(config)
     }
 }

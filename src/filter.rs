@@ -8,7 +8,8 @@ use std::time::UNIX_EPOCH;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
-use crate::policy::{decide, Policy};
+use crate::headers::{HeaderEdit, Response};
+use crate::policy::{decide, plan_response, respond, Policy, ResponsePlan};
 use crate::request::Request;
 use crate::verdict::{Verdict, REPLY_CONTENT_TYPE};
 
@@ -31,6 +32,9 @@ impl RootContext for Root {
         match Policy::from_json(&json) {
             Ok(policy) => {
                 log::info!("configuration loaded: {}", policy.summary());
+                for warning in policy.warnings() {
+                    log::warn!("configuration weakens itself: {warning}");
+                }
                 self.policy = Some(Rc::new(policy));
                 true
             }
@@ -44,9 +48,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            policy: self.policy.clone(),
-        }))
+        Some(Box::new(Stream { policy: self.policy.clone(), plan: ResponsePlan::default() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -57,6 +59,8 @@ impl RootContext for Root {
 /// One per HTTP request (and, after an upgrade, per WebSocket).
 struct Stream {
     policy: Option<Rc<Policy>>,
+    /// What the core decided about the response, kept from the request callback.
+    plan: ResponsePlan,
 }
 
 impl Context for Stream {}
@@ -65,13 +69,19 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The bytes form: header values need not be UTF-8, and the SDK's String form would
         // panic on one that is not.
-        let request = Request::new(self.get_http_request_headers_bytes());
+        // Whether the downstream connection is TLS, from the connection itself: Envoy sets
+        // this property only for a TLS connection.
+        let tls = self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
+        let request = Request::new(self.get_http_request_headers_bytes()).with_tls(tls);
         let now = self
             .get_current_time()
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| elapsed.as_secs())
             .unwrap_or_default();
-        match decide(self.policy.as_deref(), &request, now) {
+        let policy = self.policy.as_deref();
+        let verdict = decide(policy, &request, now);
+        self.plan = plan_response(policy, &request, &verdict);
+        match verdict {
             Verdict::Pass | Verdict::Admit => Action::Continue,
             Verdict::Deny(denial) => {
                 log::warn!("{}", denial.log_line(&request));
@@ -83,5 +93,16 @@ impl HttpContext for Stream {
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let response = Response::new(self.get_http_response_headers_bytes());
+        for edit in respond(self.policy.as_deref(), self.plan, &response) {
+            match edit {
+                HeaderEdit::Add(name, value) => self.add_http_response_header(name, value),
+                HeaderEdit::Set(name, value) => self.set_http_response_header(name, Some(value)),
+            }
+        }
+        Action::Continue
     }
 }

@@ -10,15 +10,21 @@
 //! 2. `on_http_request_headers`: the shell builds a [`Request`] from the host's headers and calls
 //!    [`decide`].
 //! 3. A request that is not an upgrade passes untouched ([`Verdict::Pass`]).
-//! 4. An upgrade whose `Origin` the policy admits goes on ([`Verdict::Admit`]).
+//! 4. An upgrade that arrived over TLS (when `require_tls`) and whose `Origin` the policy
+//!    admits goes on ([`Verdict::Admit`]).
 //! 5. Any other upgrade gets a local reply ([`Verdict::Deny`]) and one log line; the upstream
 //!    never sees it.
+//! 6. `on_http_response_headers`: the response to an ordinary request gets the security headers
+//!    ([`respond`]: Content-Security-Policy and friends, rendered at load); the answer to an
+//!    upgrade gets none.
 //!
 //! Everything but `filter` is plain Rust that never calls the host, so it is tested natively and
 //! compiled to wasm32. `filter` is the only module that names `proxy_wasm`.
 
 pub mod config;
+pub mod csp;
 pub mod error;
+pub mod headers;
 pub mod origin;
 pub mod policy;
 pub mod request;
@@ -29,6 +35,7 @@ mod filter;
 
 pub use config::{Admission, Config};
 pub use error::ConfigError;
-pub use policy::{decide, Policy};
+pub use headers::{HeaderEdit, Response};
+pub use policy::{decide, plan_response, respond, Policy, ResponsePlan};
 pub use request::Request;
 pub use verdict::{Denial, DenyReason, Verdict};

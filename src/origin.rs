@@ -51,7 +51,9 @@ impl fmt::Display for OriginError {
             OriginError::NoSchemeSeparator => "missing \"://\"",
             OriginError::BadScheme => "the scheme is not a valid URL scheme",
             OriginError::Userinfo => "it has userinfo, user@; an origin is scheme://host[:port]",
-            OriginError::Path => "it has a path, and even a trailing \"/\" is one; an origin is scheme://host[:port]",
+            OriginError::Path => {
+                "it has a path, and even a trailing \"/\" is one; an origin is scheme://host[:port]"
+            }
             OriginError::Query => "it has a query; an origin is scheme://host[:port]",
             OriginError::Fragment => "it has a fragment; an origin is scheme://host[:port]",
             OriginError::EmptyHost => "the host is empty",
@@ -88,9 +90,7 @@ fn split(text: &str) -> Result<Parts<'_>, OriginError> {
     if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err(OriginError::Whitespace);
     }
-    let (scheme, authority) = text
-        .split_once("://")
-        .ok_or(OriginError::NoSchemeSeparator)?;
+    let (scheme, authority) = text.split_once("://").ok_or(OriginError::NoSchemeSeparator)?;
     // RFC 3986 section 3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
     let mut scheme_chars = scheme.chars();
     let scheme_ok = scheme_chars.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -118,12 +118,7 @@ fn split(text: &str) -> Result<Parts<'_>, OriginError> {
             _ => Some(after.strip_prefix(':').ok_or(OriginError::BadPort)?),
         };
         // Keep the brackets' span: the host is re-serialized from the parsed address below.
-        (
-            authority
-                .get(..inside.len() + 2)
-                .ok_or(OriginError::BadHost)?,
-            port,
-        )
+        (authority.get(..inside.len() + 2).ok_or(OriginError::BadHost)?, port)
     } else {
         match authority.split_once(':') {
             Some((host, port)) => (host, Some(port)),
@@ -133,11 +128,7 @@ fn split(text: &str) -> Result<Parts<'_>, OriginError> {
     if host.is_empty() {
         return Err(OriginError::EmptyHost);
     }
-    Ok(Parts {
-        scheme: scheme.to_ascii_lowercase(),
-        host,
-        port,
-    })
+    Ok(Parts { scheme: scheme.to_ascii_lowercase(), host, port })
 }
 
 /// The port a scheme implies when none is written (RFC 6454 section 4, step 5).
@@ -157,11 +148,7 @@ fn parse_port(scheme: &str, port: &str) -> Result<Option<u16>, OriginError> {
     if number == 0 {
         return Err(OriginError::BadPort);
     }
-    Ok(if default_port(scheme) == Some(number) {
-        None
-    } else {
-        Some(number)
-    })
+    Ok(if default_port(scheme) == Some(number) { None } else { Some(number) })
 }
 
 /// Normalises a host that has no wildcard: a bracketed IPv6 literal, or DNS labels.
@@ -173,10 +160,7 @@ fn parse_host(host: &str) -> Result<String, OriginError> {
     // Labels of letters, digits, '-' and '_' (seen in real host names), none empty: this also
     // refuses a trailing dot, which would name a different origin from the same host.
     let valid = host.split('.').all(|label| {
-        !label.is_empty()
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
     if !valid {
         return Err(OriginError::BadHost);
@@ -194,11 +178,7 @@ impl Origin {
             Some(port) => parse_port(&parts.scheme, port)?,
             None => None,
         };
-        Ok(Origin {
-            scheme: parts.scheme,
-            host,
-            port,
-        })
+        Ok(Origin { scheme: parts.scheme, host, port })
     }
 
     pub fn scheme(&self) -> &str {
@@ -256,10 +236,9 @@ impl OriginPattern {
                 .host
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-            HostPattern::AnyLabels(suffix) => origin
-                .host
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|labels| !labels.is_empty()),
+            HostPattern::AnyLabels(suffix) => {
+                origin.host.strip_suffix(suffix.as_str()).is_some_and(|labels| !labels.is_empty())
+            }
         }
     }
 }
@@ -277,14 +256,11 @@ fn parse_entry(text: &str) -> Result<Entry, OriginError> {
     let parts = split(text)?;
     let scheme = parts.scheme.clone();
     let any_port = parts.port == Some("*");
-    let wildcard = parts
-        .host
-        .split_once('.')
-        .and_then(|(first, rest)| match first {
-            "*" => Some((true, rest)),
-            "**" => Some((false, rest)),
-            _ => None,
-        });
+    let wildcard = parts.host.split_once('.').and_then(|(first, rest)| match first {
+        "*" => Some((true, rest)),
+        "**" => Some((false, rest)),
+        _ => None,
+    });
     let host = match wildcard {
         Some((one_label, suffix)) => {
             if suffix.contains('*') {
@@ -347,11 +323,7 @@ impl OriginAllowList {
         let mut list = OriginAllowList::default();
         for (index, entry) in entries.iter().enumerate() {
             let text = entry.as_ref();
-            let refuse = |error| EntryError {
-                index,
-                entry: text.to_string(),
-                error,
-            };
+            let refuse = |error| EntryError { index, entry: text.to_string(), error };
             let parsed = parse_entry(text).map_err(refuse)?;
             let scheme = match &parsed {
                 Entry::Origin(origin) => origin.scheme.as_str(),
@@ -413,22 +385,13 @@ mod tests {
 
     #[test]
     fn the_default_port_of_the_scheme_is_dropped() {
-        assert_eq!(
-            normal("https://app.example.com:443"),
-            "https://app.example.com"
-        );
-        assert_eq!(
-            normal("http://app.example.com:80"),
-            "http://app.example.com"
-        );
+        assert_eq!(normal("https://app.example.com:443"), "https://app.example.com");
+        assert_eq!(normal("http://app.example.com:80"), "http://app.example.com");
     }
 
     #[test]
     fn another_scheme_keeps_a_port_that_is_default_elsewhere() {
-        assert_eq!(
-            normal("http://app.example.com:443"),
-            "http://app.example.com:443"
-        );
+        assert_eq!(normal("http://app.example.com:443"), "http://app.example.com:443");
     }
 
     #[test]
@@ -438,11 +401,7 @@ mod tests {
 
     #[test]
     fn normalising_twice_changes_nothing() {
-        for text in [
-            "HTTPS://A.example:443",
-            "http://[::FFFF:1.2.3.4]",
-            "http://localhost:08080",
-        ] {
+        for text in ["HTTPS://A.example:443", "http://[::FFFF:1.2.3.4]", "http://localhost:08080"] {
             let once = normal(text);
             assert_eq!(normal(&once), once, "{text}");
         }
@@ -457,14 +416,8 @@ mod tests {
             ("https://app.example.com?x", OriginError::Query),
             ("https://app.example.com#x", OriginError::Fragment),
             ("https://user@app.example.com", OriginError::Userinfo),
-            (
-                "https://app.example.com, https://evil.example",
-                OriginError::List,
-            ),
-            (
-                "https://app.example.com,https://evil.example",
-                OriginError::List,
-            ),
+            ("https://app.example.com, https://evil.example", OriginError::List),
+            ("https://app.example.com,https://evil.example", OriginError::List),
             ("https://app.example.com ", OriginError::Whitespace),
             ("https://app.exa\tmple.com", OriginError::Whitespace),
             ("https://bücher.example", OriginError::NonAscii),
@@ -510,10 +463,7 @@ mod tests {
         assert!(!allows(&entries, "https://tenants.example.net"));
         assert!(!allows(&entries, "https://a.b.tenants.example.net"));
         assert!(!allows(&entries, "https://atenants.example.net"));
-        assert!(!allows(
-            &entries,
-            "https://a.tenants.example.net.evil.example"
-        ));
+        assert!(!allows(&entries, "https://a.tenants.example.net.evil.example"));
         assert!(!allows(&entries, "http://a.tenants.example.net"));
     }
 
@@ -553,10 +503,7 @@ mod tests {
             ("https://app-*.example.com", OriginError::MisplacedWildcard),
             ("https://*app.example.com", OriginError::MisplacedWildcard),
             ("https://*.*.example.com", OriginError::MisplacedWildcard),
-            (
-                "https://app.example.com:80*",
-                OriginError::MisplacedWildcard,
-            ),
+            ("https://app.example.com:80*", OriginError::MisplacedWildcard),
             ("*://app.example.com", OriginError::BadScheme),
             ("ws://app.example.com", OriginError::BadScheme),
             ("chrome-extension://abcdef", OriginError::BadScheme),

@@ -1,11 +1,16 @@
 //! The compiled policy: everything that depends only on configuration is done in
-//! [`Policy::compile`], once per VM; [`Policy::decide`] only looks things up.
+//! [`Policy::compile`], once per VM; [`Policy::decide`] and [`Policy::respond`] only look things
+//! up.
 
 use crate::config::{Admission, Config};
 use crate::error::ConfigError;
+use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
-use crate::verdict::{Denial, DenyReason, Verdict, NO_POLICY_BODY, NO_POLICY_STATUS};
+use crate::verdict::{
+    Denial, DenyReason, Verdict, INSECURE_TRANSPORT_BODY, INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY,
+    NO_POLICY_STATUS,
+};
 
 /// A configuration checked and compiled for use on the request path.
 #[derive(Clone, Debug)]
@@ -15,16 +20,36 @@ pub struct Policy {
     null_origin: Admission,
     deny_status: u16,
     deny_body: String,
+    response_headers: Option<ResponseHeaders>,
+    require_tls: bool,
+    trust_forwarded_proto: bool,
+}
+
+/// What the response path needs to know of its request. The shell keeps it between the
+/// request and the response callbacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponsePlan {
+    /// Whether the response gets the security headers: only answers to ordinary requests do.
+    /// A 101, the 200 of an HTTP/2 extended CONNECT and wsgate's own refusals create no
+    /// document.
+    security_headers: bool,
+    /// Whether the request arrived over TLS (for Strict-Transport-Security).
+    secure: bool,
+}
+
+/// For a response whose request the filter never saw (Envoy answered it before the filter
+/// chain ran): the headers, without HSTS.
+impl Default for ResponsePlan {
+    fn default() -> ResponsePlan {
+        ResponsePlan { security_headers: true, secure: false }
+    }
 }
 
 impl Policy {
     /// Checks and compiles a configuration. Every error names the field it is about.
     pub fn compile(config: Config) -> Result<Policy, ConfigError> {
         if config.allowed_origins.is_empty() {
-            return Err(ConfigError::new(
-                "allowed_origins",
-                "is empty; list at least one origin",
-            ));
+            return Err(ConfigError::new("allowed_origins", "is empty; list at least one origin"));
         }
         let origins = OriginAllowList::compile(&config.allowed_origins).map_err(|e| {
             ConfigError::new(
@@ -35,18 +60,22 @@ impl Policy {
         if !(400..=599).contains(&config.deny_status) {
             return Err(ConfigError::new(
                 "deny_status",
-                format!(
-                    "{} is not a client or server error status (400-599)",
-                    config.deny_status
-                ),
+                format!("{} is not a client or server error status (400-599)", config.deny_status),
             ));
         }
+        let response_headers = match &config.response_headers {
+            Some(headers) => Some(ResponseHeaders::compile(headers, config.require_tls)?),
+            None => None,
+        };
         Ok(Policy {
             origins,
             missing_origin: config.missing_origin,
             null_origin: config.null_origin,
             deny_status: config.deny_status,
             deny_body: config.deny_body,
+            response_headers,
+            require_tls: config.require_tls,
+            trust_forwarded_proto: config.trust_forwarded_proto,
         })
     }
 
@@ -56,14 +85,28 @@ impl Policy {
     }
 
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch.
+    /// The transport is checked first, then the origin.
     pub fn decide(&self, request: &Request, _now: u64) -> Verdict<'_> {
         if !request.is_upgrade() {
             return Verdict::Pass;
         }
-        match self.check_origin(request) {
+        let checked = self.check_transport(request).and_then(|()| self.check_origin(request));
+        match checked {
             Ok(()) => Verdict::Admit,
             Err(reason) => Verdict::Deny(self.denial(reason)),
         }
+    }
+
+    /// Whether the request arrived over TLS, directly or (if trusted) through a load balancer.
+    fn secure(&self, request: &Request) -> bool {
+        request.tls() || (self.trust_forwarded_proto && request.forwarded_https())
+    }
+
+    fn check_transport(&self, request: &Request) -> Result<(), DenyReason> {
+        if self.require_tls && !self.secure(request) {
+            return Err(DenyReason::InsecureTransport);
+        }
+        Ok(())
     }
 
     fn check_origin(&self, request: &Request) -> Result<(), DenyReason> {
@@ -96,36 +139,55 @@ impl Policy {
     fn denial(&self, reason: DenyReason) -> Denial<'_> {
         match reason {
             DenyReason::NoPolicy => no_policy_denial(),
+            DenyReason::InsecureTransport => {
+                Denial { reason, status: INSECURE_TRANSPORT_STATUS, body: INSECURE_TRANSPORT_BODY }
+            }
             DenyReason::OriginNotAllowed
             | DenyReason::OriginMissing
             | DenyReason::OriginNull
-            | DenyReason::OriginMalformed => Denial {
-                reason,
-                status: self.deny_status,
-                body: &self.deny_body,
-            },
+            | DenyReason::OriginMalformed => {
+                Denial { reason, status: self.deny_status, body: &self.deny_body }
+            }
         }
+    }
+
+    /// What the response to `request` will need, once `verdict` was reached.
+    pub fn plan_response(&self, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
+        ResponsePlan { security_headers: *verdict == Verdict::Pass, secure: self.secure(request) }
+    }
+
+    /// The header edits for one response.
+    pub fn respond(&self, plan: ResponsePlan, response: &Response) -> Vec<HeaderEdit<'_>> {
+        match &self.response_headers {
+            Some(headers) if plan.security_headers => headers.edits(response, plan.secure),
+            Some(_) | None => Vec::new(),
+        }
+    }
+
+    /// Ways in which the configuration weakens itself: logged at load, not refused.
+    pub fn warnings(&self) -> &[String] {
+        self.response_headers.as_ref().map(ResponseHeaders::warnings).unwrap_or_default()
     }
 
     /// A one-line description of what was compiled, for the log at load.
     pub fn summary(&self) -> String {
         format!(
-            "{} allowed origin entries, missing_origin={:?}, null_origin={:?}, deny_status={}",
+            "{} allowed origin entries, missing_origin={:?}, null_origin={:?}, deny_status={}, \
+             require_tls={}, trust_forwarded_proto={}, {} response headers",
             self.origins.len(),
             self.missing_origin,
             self.null_origin,
-            self.deny_status
+            self.deny_status,
+            self.require_tls,
+            self.trust_forwarded_proto,
+            self.response_headers.as_ref().map_or(0, ResponseHeaders::len),
         )
         .to_lowercase()
     }
 }
 
 fn no_policy_denial() -> Denial<'static> {
-    Denial {
-        reason: DenyReason::NoPolicy,
-        status: NO_POLICY_STATUS,
-        body: NO_POLICY_BODY,
-    }
+    Denial { reason: DenyReason::NoPolicy, status: NO_POLICY_STATUS, body: NO_POLICY_BODY }
 }
 
 /// Decides one request with whatever policy the VM holds. Without a valid policy (none was
@@ -137,4 +199,18 @@ pub fn decide<'p>(policy: Option<&'p Policy>, request: &Request, now: u64) -> Ve
         None if request.is_upgrade() => Verdict::Deny(no_policy_denial()),
         None => Verdict::Pass,
     }
+}
+
+/// [`Policy::plan_response`] with whatever policy the VM holds.
+pub fn plan_response(policy: Option<&Policy>, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
+    policy.map(|policy| policy.plan_response(request, verdict)).unwrap_or_default()
+}
+
+/// [`Policy::respond`] with whatever policy the VM holds: without one, responses are untouched.
+pub fn respond<'p>(
+    policy: Option<&'p Policy>,
+    plan: ResponsePlan,
+    response: &Response,
+) -> Vec<HeaderEdit<'p>> {
+    policy.map(|policy| policy.respond(plan, response)).unwrap_or_default()
 }

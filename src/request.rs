@@ -1,4 +1,5 @@
-//! The request facts the core decides on, built by the shell from the host's header map.
+//! The request facts the core decides on, built by the shell from the host's header map and
+//! connection.
 
 /// A request's headers as Envoy hands them to the filter: names lower-case, one entry per
 /// header line (Envoy keeps repeated `Cookie` lines apart and joins repeated `Origin` lines
@@ -6,19 +7,35 @@
 #[derive(Clone, Debug, Default)]
 pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
+    tls: bool,
 }
 
 impl Request {
     pub fn new(headers: Vec<(String, Vec<u8>)>) -> Request {
-        Request { headers }
+        Request { headers, tls: false }
+    }
+
+    /// Records whether the downstream connection is TLS, as the host knows it. Not `:scheme`:
+    /// Envoy derives that from a client's own `x-forwarded-proto` unless the connection manager
+    /// has `use_remote_address: true`, so a plaintext client can make it say `https`.
+    pub fn with_tls(self, tls: bool) -> Request {
+        Request { tls, ..self }
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether `x-forwarded-proto` says `https`: exactly one line holding exactly that token. A
+    /// list (`https, http`) is not taken as proof.
+    pub fn forwarded_https(&self) -> bool {
+        let mut lines = self.values("x-forwarded-proto");
+        matches!((lines.next(), lines.next()), (Some(value), None) if value.trim_ascii().eq_ignore_ascii_case(b"https"))
     }
 
     /// Every value of header `name` (given in lower case), in order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// The request target (`:path`), query string included; empty if there is none.
@@ -36,10 +53,7 @@ impl Request {
     /// HTTP/1 form too.
     pub fn is_upgrade(&self) -> bool {
         let mut upgrade = self.tokens("upgrade");
-        upgrade.next().is_some()
-            && self
-                .tokens("connection")
-                .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+        upgrade.next().is_some() && self.tokens("connection").any(|t| t.eq_ignore_ascii_case(b"upgrade"))
     }
 
     /// The non-empty comma-separated tokens of every line of header `name`, trimmed.
@@ -58,30 +72,19 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn request(headers: &[(&str, &str)]) -> Request {
-        Request::new(
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        Request::new(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
     }
 
     #[test]
     fn the_browser_form_of_an_upgrade_is_an_upgrade() {
-        let r = request(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket"),
-        ]);
+        let r = request(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")]);
         assert!(r.is_upgrade());
     }
 
     #[test]
     fn token_lists_are_read_case_insensitively_over_every_line() {
-        let r = request(&[
-            ("connection", "keep-alive"),
-            ("connection", " UPGRADE "),
-            ("upgrade", "WebSocket"),
-        ]);
+        let r =
+            request(&[("connection", "keep-alive"), ("connection", " UPGRADE "), ("upgrade", "WebSocket")]);
         assert!(r.is_upgrade());
     }
 
@@ -93,16 +96,22 @@ mod tests {
 
     #[test]
     fn a_connection_token_that_only_contains_upgrade_does_not_count() {
-        let r = request(&[
-            ("connection", "upgraded, x-upgrade"),
-            ("upgrade", "websocket"),
-        ]);
+        let r = request(&[("connection", "upgraded, x-upgrade"), ("upgrade", "websocket")]);
         assert!(!r.is_upgrade());
     }
 
     #[test]
     fn an_empty_upgrade_header_is_not_an_upgrade() {
         assert!(!request(&[("connection", "upgrade"), ("upgrade", " , ")]).is_upgrade());
+    }
+
+    #[test]
+    fn only_a_single_https_token_counts_as_forwarded_https() {
+        assert!(request(&[("x-forwarded-proto", "HTTPS")]).forwarded_https());
+        assert!(!request(&[("x-forwarded-proto", "http")]).forwarded_https());
+        assert!(!request(&[("x-forwarded-proto", "https, http")]).forwarded_https());
+        assert!(!request(&[("x-forwarded-proto", "https"), ("x-forwarded-proto", "https")]).forwarded_https());
+        assert!(!request(&[]).forwarded_https());
     }
 
     #[test]

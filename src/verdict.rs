@@ -32,6 +32,8 @@ pub enum DenyReason {
     OriginNull,
     /// An `Origin` that is not exactly one serialized origin.
     OriginMalformed,
+    /// An upgrade that did not arrive over TLS, and `require_tls` is true.
+    InsecureTransport,
     /// wsgate holds no valid configuration: upgrades are refused, never passed.
     NoPolicy,
 }
@@ -40,6 +42,10 @@ pub enum DenyReason {
 pub const NO_POLICY_STATUS: u16 = 503;
 /// The body of the reply to [`DenyReason::NoPolicy`].
 pub const NO_POLICY_BODY: &str = "Service Unavailable: WebSocket gate has no valid configuration";
+/// The status of the reply to [`DenyReason::InsecureTransport`].
+pub const INSECURE_TRANSPORT_STATUS: u16 = 403;
+/// The body of the reply to [`DenyReason::InsecureTransport`].
+pub const INSECURE_TRANSPORT_BODY: &str = "Forbidden: WebSockets must use TLS (wss://)";
 /// The content type of every local reply.
 pub const REPLY_CONTENT_TYPE: &str = "text/plain";
 
@@ -54,6 +60,7 @@ impl DenyReason {
             DenyReason::OriginMissing => "origin_missing",
             DenyReason::OriginNull => "origin_null",
             DenyReason::OriginMalformed => "origin_malformed",
+            DenyReason::InsecureTransport => "insecure_transport",
             DenyReason::NoPolicy => "no_policy",
         }
     }
@@ -67,11 +74,7 @@ impl Denial<'_> {
         let origins: Vec<&[u8]> = request.values("origin").collect();
         let origin = match origins.as_slice() {
             [] => "-".to_string(),
-            values => values
-                .iter()
-                .map(|v| excerpt(v))
-                .collect::<Vec<_>>()
-                .join("\",\""),
+            values => values.iter().map(|v| excerpt(v)).collect::<Vec<_>>().join("\",\""),
         };
         let path = request.path();
         let path = path.split(|&b| b == b'?').next().unwrap_or_default();
@@ -102,28 +105,16 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn denial() -> Denial<'static> {
-        Denial {
-            reason: DenyReason::OriginNotAllowed,
-            status: 403,
-            body: "no",
-        }
+        Denial { reason: DenyReason::OriginNotAllowed, status: 403, body: "no" }
     }
 
     fn request(headers: &[(&str, &[u8])]) -> Request {
-        Request::new(
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
-                .collect(),
-        )
+        Request::new(headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect())
     }
 
     #[test]
     fn the_log_line_names_reason_origin_and_path_without_query() {
-        let r = request(&[
-            (":path", b"/ws?access_token=secret"),
-            ("origin", b"https://evil.example"),
-        ]);
+        let r = request(&[(":path", b"/ws?access_token=secret"), ("origin", b"https://evil.example")]);
         let line = denial().log_line(&r);
         assert_eq!(
             line,
@@ -135,10 +126,7 @@ mod tests {
     fn the_log_line_escapes_control_bytes_quotes_and_non_ascii() {
         let r = request(&[(":path", b"/ws"), ("origin", b"https://e\"vil\x1b\xff")]);
         let line = denial().log_line(&r);
-        assert!(
-            line.contains(r#"origin="https://e\"vil\x1b\xff""#),
-            "{line}"
-        );
+        assert!(line.contains(r#"origin="https://e\"vil\x1b\xff""#), "{line}");
     }
 
     #[test]

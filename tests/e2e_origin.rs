@@ -1,56 +1,37 @@
 //! The origin gate through a real Envoy, over HTTP/1.1 and HTTP/2 extended CONNECT.
 #![cfg(not(target_arch = "wasm32"))]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod support;
 
 use support::client::{h2_echo, h2_request, h2_websocket, raw, raw_upgrade, ws_connect, ws_echo};
 use support::Gate;
 
+/// The test listeners are plaintext, so TLS is not required here; `e2e_tls_headers` tests it.
 const CONFIG: &str = r#"{
-  "allowed_origins": ["https://app.example.com", "https://*.tenants.example.net", "http://localhost:*"]
+  "allowed_origins": ["https://app.example.com", "https://*.tenants.example.net", "http://localhost:*"],
+  "require_tls": false
 }"#;
 
 /// Origin header values that must be refused with 403, each with what it is.
 const REFUSED: &[(&str, &str)] = &[
     ("a foreign origin", "https://evil.example"),
-    (
-        "an allowed host as a prefix of another",
-        "https://app.example.com.evil.example",
-    ),
-    (
-        "an allowed host as a suffix of another",
-        "https://evilapp.example.com",
-    ),
+    ("an allowed host as a prefix of another", "https://app.example.com.evil.example"),
+    ("an allowed host as a suffix of another", "https://evilapp.example.com"),
     ("the apex of a wildcard", "https://tenants.example.net"),
-    (
-        "two labels under a one-label wildcard",
-        "https://a.b.tenants.example.net",
-    ),
+    ("two labels under a one-label wildcard", "https://a.b.tenants.example.net"),
     ("the allowed host over plain http", "http://app.example.com"),
     ("null", "null"),
     ("an origin with a path", "https://app.example.com/"),
     ("an origin with userinfo", "https://user@app.example.com"),
-    (
-        "a list of origins",
-        "https://app.example.com, https://evil.example",
-    ),
+    ("a list of origins", "https://app.example.com, https://evil.example"),
     ("an empty value", ""),
 ];
 
 #[tokio::test]
 async fn an_allowed_origin_gets_101_and_its_message_echoed() {
     let gate = Gate::start(&[CONFIG]).await;
-    for origin in [
-        "https://app.example.com",
-        "https://a.tenants.example.net",
-        "http://localhost:3000",
-    ] {
+    for origin in ["https://app.example.com", "https://a.tenants.example.net", "http://localhost:3000"] {
         let mut socket = ws_connect(gate.port(), "/ws", &[("origin", origin)])
             .await
             .unwrap_or_else(|status| panic!("{origin} was refused with {status}"));
@@ -62,8 +43,7 @@ async fn an_allowed_origin_gets_101_and_its_message_echoed() {
 #[tokio::test]
 async fn an_allowed_origin_gets_200_and_its_message_echoed_over_http2() {
     let gate = Gate::start(&[CONFIG]).await;
-    let mut socket =
-        h2_websocket(gate.port(), "/ws", &[("origin", "https://app.example.com")]).await;
+    let mut socket = h2_websocket(gate.port(), "/ws", &[("origin", "https://app.example.com")]).await;
     assert_eq!(socket.status, 200);
     let stream = socket.stream.as_mut().unwrap();
     assert_eq!(h2_echo(stream, "hello over h2").await, "hello over h2");
@@ -80,26 +60,11 @@ async fn every_refused_origin_gets_403_and_never_reaches_the_upstream() {
             format!("origin: {origin}").as_bytes(),
         ]);
         let reply = raw(gate.port(), &request).await;
-        assert_eq!(
-            reply.status, 403,
-            "{what} ({origin:?}) got {}",
-            reply.status
-        );
+        assert_eq!(reply.status, 403, "{what} ({origin:?}) got {}", reply.status);
         assert_eq!(reply.body, "Forbidden: origin not allowed");
-        assert!(
-            reply
-                .head
-                .to_ascii_lowercase()
-                .contains("content-type: text/plain"),
-            "{}",
-            reply.head
-        );
+        assert!(reply.head.to_ascii_lowercase().contains("content-type: text/plain"), "{}", reply.head);
     }
-    assert_eq!(
-        gate.upstream_requests(),
-        vec![],
-        "the upstream saw a refused handshake"
-    );
+    assert_eq!(gate.upstream_requests(), vec![], "the upstream saw a refused handshake");
 }
 
 #[tokio::test]
@@ -107,17 +72,9 @@ async fn every_refused_origin_gets_403_and_never_reaches_the_upstream_over_http2
     let gate = Gate::start(&[CONFIG]).await;
     for (what, origin) in REFUSED {
         let socket = h2_websocket(gate.port(), "/ws", &[("origin", origin)]).await;
-        assert_eq!(
-            socket.status, 403,
-            "{what} ({origin:?}) got {}",
-            socket.status
-        );
+        assert_eq!(socket.status, 403, "{what} ({origin:?}) got {}", socket.status);
     }
-    assert_eq!(
-        gate.upstream_requests(),
-        vec![],
-        "the upstream saw a refused handshake"
-    );
+    assert_eq!(gate.upstream_requests(), vec![], "the upstream saw a refused handshake");
 }
 
 #[tokio::test]
@@ -141,10 +98,7 @@ async fn two_origin_lines_get_403_even_when_each_is_allowed() {
     let h2 = h2_websocket(
         gate.port(),
         "/ws",
-        &[
-            ("origin", "https://app.example.com"),
-            ("origin", "https://evil.example"),
-        ],
+        &[("origin", "https://app.example.com"), ("origin", "https://evil.example")],
     )
     .await;
     assert_eq!(h2.status, 403);
@@ -157,11 +111,7 @@ async fn browser_and_attacker_spellings_of_the_upgrade_headers_are_all_gated() {
     let spellings: &[&[&[u8]]] = &[
         &[b"connection: keep-alive, Upgrade", b"upgrade: websocket"],
         &[b"Connection: Upgrade", b"Upgrade: WebSocket"],
-        &[
-            b"connection: keep-alive",
-            b"connection: upgrade",
-            b"upgrade: websocket",
-        ],
+        &[b"connection: keep-alive", b"connection: upgrade", b"upgrade: websocket"],
         &[b"CONNECTION: UPGRADE", b"UPGRADE: WEBSOCKET"],
         &[b"upgrade: websocket", b"connection: Upgrade , keep-alive"],
     ];
@@ -169,38 +119,21 @@ async fn browser_and_attacker_spellings_of_the_upgrade_headers_are_all_gated() {
         let shown: Vec<_> = lines.iter().map(|l| String::from_utf8_lossy(l)).collect();
         let mut foreign = lines.to_vec();
         foreign.push(b"origin: https://evil.example");
-        assert_eq!(
-            raw(gate.port(), &raw_upgrade(&foreign)).await.status,
-            403,
-            "{shown:?}"
-        );
+        assert_eq!(raw(gate.port(), &raw_upgrade(&foreign)).await.status, 403, "{shown:?}");
         let mut allowed = lines.to_vec();
         allowed.push(b"origin: https://app.example.com");
-        assert_eq!(
-            raw(gate.port(), &raw_upgrade(&allowed)).await.status,
-            101,
-            "{shown:?}"
-        );
+        assert_eq!(raw(gate.port(), &raw_upgrade(&allowed)).await.status, 101, "{shown:?}");
     }
-    assert_eq!(
-        gate.upstream_requests().len(),
-        spellings.len(),
-        "only the allowed ones arrived"
-    );
+    assert_eq!(gate.upstream_requests().len(), spellings.len(), "only the allowed ones arrived");
 }
 
 #[tokio::test]
 async fn a_non_ascii_origin_gets_403_and_the_vm_survives() {
     let gate = Gate::start(&[CONFIG]).await;
-    let lines: &[&[u8]] = &[
-        b"connection: upgrade",
-        b"upgrade: websocket",
-        b"origin: https://app.example.com\xff",
-    ];
+    let lines: &[&[u8]] =
+        &[b"connection: upgrade", b"upgrade: websocket", b"origin: https://app.example.com\xff"];
     assert_eq!(raw(gate.port(), &raw_upgrade(lines)).await.status, 403);
-    let mut socket = ws_connect(gate.port(), "/ws", &[("origin", "https://app.example.com")])
-        .await
-        .unwrap();
+    let mut socket = ws_connect(gate.port(), "/ws", &[("origin", "https://app.example.com")]).await.unwrap();
     assert_eq!(ws_echo(&mut socket, "still here").await, "still here");
 }
 
@@ -214,53 +147,30 @@ async fn ordinary_requests_pass_untouched_whatever_their_origin() {
     .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, "GET /page?x=1\n");
-    assert_eq!(
-        h2_request(
-            gate.port(),
-            "GET",
-            "/page",
-            &[("origin", "https://evil.example")]
-        )
-        .await,
-        200
-    );
+    assert_eq!(h2_request(gate.port(), "GET", "/page", &[("origin", "https://evil.example")]).await, 200);
     let seen = gate.upstream_requests();
     assert_eq!(seen.len(), 2);
-    assert!(seen
-        .iter()
-        .all(|r| r.header_values("origin") == ["https://evil.example"]));
+    assert!(seen.iter().all(|r| r.header_values("origin") == ["https://evil.example"]));
 }
 
 #[tokio::test]
 async fn a_denial_is_logged_once_with_reason_origin_and_path_but_not_the_query() {
     let gate = Gate::start(&[CONFIG]).await;
-    let status = ws_connect(
-        gate.port(),
-        "/chat?access_token=s3cr3t",
-        &[("origin", "https://evil.example")],
-    )
-    .await
-    .err();
+    let status = ws_connect(gate.port(), "/chat?access_token=s3cr3t", &[("origin", "https://evil.example")])
+        .await
+        .err();
     assert_eq!(status, Some(403));
-    let lines: Vec<String> = gate
-        .envoy
-        .wsgate_log()
-        .into_iter()
-        .filter(|l| l.contains("denied upgrade"))
-        .collect();
+    let lines: Vec<String> =
+        gate.envoy.wsgate_log().into_iter().filter(|l| l.contains("denied upgrade")).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains(
-        r#"reason=origin_not_allowed status=403 origin="https://evil.example" path="/chat""#
-    ));
-    assert!(
-        !gate.envoy.log().contains("s3cr3t"),
-        "the query string reached the log"
-    );
+    assert!(lines[0]
+        .contains(r#"reason=origin_not_allowed status=403 origin="https://evil.example" path="/chat""#));
+    assert!(!gate.envoy.log().contains("s3cr3t"), "the query string reached the log");
 }
 
 #[tokio::test]
 async fn each_listener_applies_its_own_plugin_config() {
-    let local = r#"{"allowed_origins": ["http://localhost:*"], "missing_origin": "allow", "deny_status": 451, "deny_body": "local only"}"#;
+    let local = r#"{"allowed_origins": ["http://localhost:*"], "missing_origin": "allow", "deny_status": 451, "deny_body": "local only", "require_tls": false}"#;
     let gate = Gate::start(&[CONFIG, local]).await;
     let (public, internal) = (gate.ports[0], gate.ports[1]);
     let app = [("origin", "https://app.example.com")];
@@ -268,10 +178,7 @@ async fn each_listener_applies_its_own_plugin_config() {
     assert_eq!(ws_connect(internal, "/ws", &app).await.err(), Some(451));
     assert_eq!(ws_connect(public, "/ws", &[]).await.err(), Some(403));
     assert!(ws_connect(internal, "/ws", &[]).await.is_ok());
-    let request = raw_upgrade(&[
-        b"connection: upgrade",
-        b"upgrade: websocket",
-        b"origin: https://evil.example",
-    ]);
+    let request =
+        raw_upgrade(&[b"connection: upgrade", b"upgrade: websocket", b"origin: https://evil.example"]);
     assert_eq!(raw(internal, &request).await.body, "local only");
 }

@@ -1,11 +1,6 @@
 //! Scenario tables on the public core API: `Policy::compile` / `from_json`, then `decide`.
 //! These also run compiled to wasm32 under Node (`make test-wasm`).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -26,13 +21,9 @@ fn policy(json: &str) -> Policy {
     Policy::from_json(json.as_bytes()).unwrap()
 }
 
+/// A request on a TLS connection, as in production.
 fn request(headers: &[(&str, &[u8])]) -> Request {
-    Request::new(
-        headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect(),
-    )
+    Request::new(headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()).with_tls(true)
 }
 
 /// A browser's handshake from `origin` (`None`: no Origin header).
@@ -68,82 +59,29 @@ fn handshakes_are_admitted_or_denied_by_their_origin() {
         (b"http://localhost:5173", None),
         (b"http://localhost", None),
         (b"https://evil.example", Some(DenyReason::OriginNotAllowed)),
-        (
-            b"https://app.example.com.evil.example",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"https://evilapp.example.com",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"http://app.example.com",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"https://app.example.com:8443",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"https://tenants.example.net",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"https://a.b.tenants.example.net",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"https://localhost:3000",
-            Some(DenyReason::OriginNotAllowed),
-        ),
-        (
-            b"chrome-extension://abcdef",
-            Some(DenyReason::OriginNotAllowed),
-        ),
+        (b"https://app.example.com.evil.example", Some(DenyReason::OriginNotAllowed)),
+        (b"https://evilapp.example.com", Some(DenyReason::OriginNotAllowed)),
+        (b"http://app.example.com", Some(DenyReason::OriginNotAllowed)),
+        (b"https://app.example.com:8443", Some(DenyReason::OriginNotAllowed)),
+        (b"https://tenants.example.net", Some(DenyReason::OriginNotAllowed)),
+        (b"https://a.b.tenants.example.net", Some(DenyReason::OriginNotAllowed)),
+        (b"https://localhost:3000", Some(DenyReason::OriginNotAllowed)),
+        (b"chrome-extension://abcdef", Some(DenyReason::OriginNotAllowed)),
         (b"null", Some(DenyReason::OriginNull)),
-        (
-            b"https://app.example.com,https://evil.example",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b"https://app.example.com/",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b"https://app.example.com/ws",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b"https://u:p@app.example.com",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b"https://app.example.com ",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b" https://app.example.com",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b"https://app.example.com\xff",
-            Some(DenyReason::OriginMalformed),
-        ),
-        (
-            b"https://*.tenants.example.net",
-            Some(DenyReason::OriginMalformed),
-        ),
+        (b"https://app.example.com,https://evil.example", Some(DenyReason::OriginMalformed)),
+        (b"https://app.example.com/", Some(DenyReason::OriginMalformed)),
+        (b"https://app.example.com/ws", Some(DenyReason::OriginMalformed)),
+        (b"https://u:p@app.example.com", Some(DenyReason::OriginMalformed)),
+        (b"https://app.example.com ", Some(DenyReason::OriginMalformed)),
+        (b" https://app.example.com", Some(DenyReason::OriginMalformed)),
+        (b"https://app.example.com\xff", Some(DenyReason::OriginMalformed)),
+        (b"https://*.tenants.example.net", Some(DenyReason::OriginMalformed)),
         (b"NULL", Some(DenyReason::OriginMalformed)),
         (b"", Some(DenyReason::OriginMalformed)),
     ];
     for (origin, expected) in cases {
         let verdict = policy.decide(&handshake(Some(origin)), NOW);
-        assert_eq!(
-            reason(&verdict),
-            *expected,
-            "{}",
-            String::from_utf8_lossy(origin)
-        );
+        assert_eq!(reason(&verdict), *expected, "{}", String::from_utf8_lossy(origin));
         if expected.is_none() {
             assert_eq!(verdict, Verdict::Admit);
         }
@@ -152,10 +90,7 @@ fn handshakes_are_admitted_or_denied_by_their_origin() {
 
 #[test]
 fn a_handshake_without_origin_is_denied_by_default() {
-    assert_eq!(
-        reason(&policy(CONFIG).decide(&handshake(None), NOW)),
-        Some(DenyReason::OriginMissing)
-    );
+    assert_eq!(reason(&policy(CONFIG).decide(&handshake(None), NOW)), Some(DenyReason::OriginMissing));
 }
 
 #[test]
@@ -165,12 +100,8 @@ fn missing_and_null_origins_can_each_be_allowed() {
     );
     assert_eq!(both.decide(&handshake(None), NOW), Verdict::Admit);
     assert_eq!(both.decide(&handshake(Some(b"null")), NOW), Verdict::Admit);
-    let missing_only =
-        policy(r#"{"allowed_origins": ["https://a.example"], "missing_origin": "allow"}"#);
-    assert_eq!(
-        reason(&missing_only.decide(&handshake(Some(b"null")), NOW)),
-        Some(DenyReason::OriginNull)
-    );
+    let missing_only = policy(r#"{"allowed_origins": ["https://a.example"], "missing_origin": "allow"}"#);
+    assert_eq!(reason(&missing_only.decide(&handshake(Some(b"null")), NOW)), Some(DenyReason::OriginNull));
 }
 
 #[test]
@@ -181,25 +112,15 @@ fn two_origin_lines_are_malformed_even_if_both_are_allowed() {
         ("origin", b"https://app.example.com"),
         ("origin", b"https://app.example.com"),
     ]);
-    assert_eq!(
-        reason(&policy(CONFIG).decide(&r, NOW)),
-        Some(DenyReason::OriginMalformed)
-    );
+    assert_eq!(reason(&policy(CONFIG).decide(&r, NOW)), Some(DenyReason::OriginMalformed));
 }
 
 #[test]
 fn requests_that_are_not_upgrades_pass_whatever_their_origin() {
     let policy = policy(CONFIG);
-    let get = request(&[
-        (":method", b"GET"),
-        (":path", b"/"),
-        ("origin", b"https://evil.example"),
-    ]);
+    let get = request(&[(":method", b"GET"), (":path", b"/"), ("origin", b"https://evil.example")]);
     assert_eq!(policy.decide(&get, NOW), Verdict::Pass);
-    let no_connection_token = request(&[
-        ("upgrade", b"websocket"),
-        ("origin", b"https://evil.example"),
-    ]);
+    let no_connection_token = request(&[("upgrade", b"websocket"), ("origin", b"https://evil.example")]);
     assert_eq!(policy.decide(&no_connection_token, NOW), Verdict::Pass);
 }
 
@@ -211,17 +132,13 @@ fn an_upgrade_with_any_method_or_protocol_is_checked() {
         ("upgrade", b"h2c"),
         ("origin", b"https://evil.example"),
     ]);
-    assert_eq!(
-        reason(&policy(CONFIG).decide(&r, NOW)),
-        Some(DenyReason::OriginNotAllowed)
-    );
+    assert_eq!(reason(&policy(CONFIG).decide(&r, NOW)), Some(DenyReason::OriginNotAllowed));
 }
 
 #[test]
 fn a_denial_carries_the_configured_status_and_body() {
-    let policy = policy(
-        r#"{"allowed_origins": ["https://a.example"], "deny_status": 418, "deny_body": "no"}"#,
-    );
+    let policy =
+        policy(r#"{"allowed_origins": ["https://a.example"], "deny_status": 418, "deny_body": "no"}"#);
     match policy.decide(&handshake(Some(b"https://b.example")), NOW) {
         Verdict::Deny(denial) => {
             assert_eq!((denial.status, denial.body), (418, "no"));
@@ -238,10 +155,46 @@ fn without_a_policy_upgrades_get_503_and_other_requests_pass() {
         }
         other => panic!("expected a denial, got {other:?}"),
     }
-    assert_eq!(
-        decide(None, &request(&[(":method", b"GET")]), NOW),
-        Verdict::Pass
-    );
+    assert_eq!(decide(None, &request(&[(":method", b"GET")]), NOW), Verdict::Pass);
+}
+
+#[test]
+fn a_plaintext_upgrade_is_refused_before_its_origin_is_checked() {
+    let plaintext = handshake(Some(b"https://evil.example")).with_tls(false);
+    assert_eq!(reason(&policy(CONFIG).decide(&plaintext, NOW)), Some(DenyReason::InsecureTransport));
+}
+
+#[test]
+fn a_plaintext_upgrade_is_refused_with_403_and_says_why() {
+    match policy(CONFIG).decide(&handshake(Some(b"https://app.example.com")).with_tls(false), NOW) {
+        Verdict::Deny(denial) => {
+            assert_eq!((denial.status, denial.body), (403, "Forbidden: WebSockets must use TLS (wss://)"));
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn require_tls_false_admits_a_plaintext_upgrade() {
+    let policy = policy(r#"{"allowed_origins": ["https://app.example.com"], "require_tls": false}"#);
+    let plaintext = handshake(Some(b"https://app.example.com")).with_tls(false);
+    assert_eq!(policy.decide(&plaintext, NOW), Verdict::Admit);
+}
+
+#[test]
+fn forwarded_proto_counts_as_tls_only_when_trusted() {
+    let forwarded = request(&[
+        ("connection", b"upgrade"),
+        ("upgrade", b"websocket"),
+        ("origin", b"https://app.example.com"),
+        ("x-forwarded-proto", b"https"),
+    ])
+    .with_tls(false);
+    let untrusted = policy(r#"{"allowed_origins": ["https://app.example.com"]}"#);
+    assert_eq!(reason(&untrusted.decide(&forwarded, NOW)), Some(DenyReason::InsecureTransport));
+    let trusted =
+        policy(r#"{"allowed_origins": ["https://app.example.com"], "trust_forwarded_proto": true}"#);
+    assert_eq!(trusted.decide(&forwarded, NOW), Verdict::Admit);
 }
 
 #[test]
@@ -251,76 +204,24 @@ fn bad_configurations_are_refused_with_the_field_named() {
         ("{}", "configuration", "missing field `allowed_origins`"),
         ("[]", "configuration", "invalid type"),
         (r#"{"allowed_origins": []}"#, "allowed_origins", "is empty"),
-        (
-            r#"{"allowed_origins": "https://a.example"}"#,
-            "allowed_origins",
-            "invalid type",
-        ),
-        (
-            r#"{"allowed_origins": ["https://a.example", 7]}"#,
-            "allowed_origins[1]",
-            "invalid type",
-        ),
+        (r#"{"allowed_origins": "https://a.example"}"#, "allowed_origins", "invalid type"),
+        (r#"{"allowed_origins": ["https://a.example", 7]}"#, "allowed_origins[1]", "invalid type"),
         (
             r#"{"allowed_origins": ["https://a.example", "https//x.com"]}"#,
             "allowed_origins[1]",
             r#""https//x.com" is not an origin (missing "://")"#,
         ),
-        (
-            r#"{"allowed_origins": ["*"]}"#,
-            "allowed_origins[0]",
-            "bare",
-        ),
-        (
-            r#"{"allowed_origins": ["https://app.*.example.com"]}"#,
-            "allowed_origins[0]",
-            "wildcard",
-        ),
-        (
-            r#"{"allowed_origins": ["https://*.com"]}"#,
-            "allowed_origins[0]",
-            "at least two labels",
-        ),
-        (
-            r#"{"allowed_origins": ["https://a.example/"]}"#,
-            "allowed_origins[0]",
-            "path",
-        ),
-        (
-            r#"{"allowed_origins": ["https://a.example?q"]}"#,
-            "allowed_origins[0]",
-            "query",
-        ),
-        (
-            r#"{"allowed_origins": ["https://a.example#f"]}"#,
-            "allowed_origins[0]",
-            "fragment",
-        ),
-        (
-            r#"{"allowed_origins": ["https://u@a.example"]}"#,
-            "allowed_origins[0]",
-            "userinfo",
-        ),
-        (
-            r#"{"allowed_origins": [" https://a.example"]}"#,
-            "allowed_origins[0]",
-            "whitespace",
-        ),
-        (
-            r#"{"allowed_origins": ["ftp://a.example"]}"#,
-            "allowed_origins[0]",
-            "scheme",
-        ),
-        (
-            r#"{"allowed_origins": ["wss://a.example"]}"#,
-            "allowed_origins[0]",
-            "scheme",
-        ),
-        (
-            r#"{"allowed_origins": ["null"]}"#,
-            "allowed_origins[0]",
-            "not an origin",
-        ),
+        (r#"{"allowed_origins": ["*"]}"#, "allowed_origins[0]", "bare"),
+        (r#"{"allowed_origins": ["https://app.*.example.com"]}"#, "allowed_origins[0]", "wildcard"),
+        (r#"{"allowed_origins": ["https://*.com"]}"#, "allowed_origins[0]", "at least two labels"),
+        (r#"{"allowed_origins": ["https://a.example/"]}"#, "allowed_origins[0]", "path"),
+        (r#"{"allowed_origins": ["https://a.example?q"]}"#, "allowed_origins[0]", "query"),
+        (r#"{"allowed_origins": ["https://a.example#f"]}"#, "allowed_origins[0]", "fragment"),
+        (r#"{"allowed_origins": ["https://u@a.example"]}"#, "allowed_origins[0]", "userinfo"),
+        (r#"{"allowed_origins": [" https://a.example"]}"#, "allowed_origins[0]", "whitespace"),
+        (r#"{"allowed_origins": ["ftp://a.example"]}"#, "allowed_origins[0]", "scheme"),
+        (r#"{"allowed_origins": ["wss://a.example"]}"#, "allowed_origins[0]", "scheme"),
+        (r#"{"allowed_origins": ["null"]}"#, "allowed_origins[0]", "not an origin"),
         (
             r#"{"allowed_origins": ["https://a.example"], "alowed_origins": []}"#,
             "alowed_origins",
@@ -329,23 +230,11 @@ fn bad_configurations_are_refused_with_the_field_named() {
         (
             r#"{"allowed_origins": ["https://a.example"], "missing_origin": "maybe"}"#,
             "missing_origin",
-            r#"unknown value "maybe", expected "deny" or "allow""#,
+            r#"unknown value "maybe", expected one of "deny", "allow""#,
         ),
-        (
-            r#"{"allowed_origins": ["https://a.example"], "null_origin": true}"#,
-            "null_origin",
-            "invalid type",
-        ),
-        (
-            r#"{"allowed_origins": ["https://a.example"], "deny_status": 200}"#,
-            "deny_status",
-            "400-599",
-        ),
-        (
-            r#"{"allowed_origins": ["https://a.example"], "deny_status": 600}"#,
-            "deny_status",
-            "400-599",
-        ),
+        (r#"{"allowed_origins": ["https://a.example"], "null_origin": true}"#, "null_origin", "invalid type"),
+        (r#"{"allowed_origins": ["https://a.example"], "deny_status": 200}"#, "deny_status", "400-599"),
+        (r#"{"allowed_origins": ["https://a.example"], "deny_status": 600}"#, "deny_status", "400-599"),
         (
             r#"{"allowed_origins": ["https://a.example"], "deny_status": "403"}"#,
             "deny_status",
@@ -356,11 +245,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
             "deny_status",
             "invalid value",
         ),
-        (
-            r#"{"allowed_origins": ["https://a.example"]} trailing"#,
-            "configuration",
-            "trailing",
-        ),
+        (r#"{"allowed_origins": ["https://a.example"]} trailing"#, "configuration", "trailing"),
     ];
     for (json, field, problem) in cases {
         let error = Policy::from_json(json.as_bytes()).unwrap_err();
@@ -373,10 +258,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
 fn every_json_example_in_the_readme_compiles() {
     let readme = include_str!("../README.md");
     let examples = json_blocks(readme);
-    assert!(
-        !examples.is_empty(),
-        "the README shows no JSON configuration"
-    );
+    assert!(!examples.is_empty(), "the README shows no JSON configuration");
     for example in examples {
         if let Err(error) = Policy::from_json(example.as_bytes()) {
             panic!("README example does not compile: {error}\n{example}");

@@ -1,12 +1,7 @@
 //! The configs users copy (`envoy/`) load in the real Envoy, agree with each other, and a bad
 //! plugin config is refused by Envoy with the field named.
 #![cfg(not(target_arch = "wasm32"))]
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod support;
 
@@ -49,12 +44,7 @@ fn plugin_configs(envoy: &Value) -> Vec<String> {
     find_all(envoy, "configuration", &mut found);
     found
         .iter()
-        .map(|c| {
-            c["value"]
-                .as_str()
-                .expect("a StringValue plugin configuration")
-                .to_string()
-        })
+        .map(|c| c["value"].as_str().expect("a StringValue plugin configuration").to_string())
         .collect()
 }
 
@@ -66,24 +56,14 @@ fn demo() -> PathBuf {
 fn the_demo_envoy_config_passes_envoy_validate() {
     let output = validate(&demo(), &repo());
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "envoy --mode validate refused envoy/envoy.yaml:\n{log}"
-    );
-    assert!(
-        log.contains("configuration loaded"),
-        "wsgate did not load:\n{log}"
-    );
+    assert!(output.status.success(), "envoy --mode validate refused envoy/envoy.yaml:\n{log}");
+    assert!(log.contains("configuration loaded"), "wsgate did not load:\n{log}");
 }
 
 #[test]
 fn every_plugin_config_in_the_demo_compiles_with_the_core() {
     let configs = plugin_configs(&yaml(&demo()));
-    assert_eq!(
-        configs.len(),
-        2,
-        "the demo has two listeners with their own plugin config"
-    );
+    assert_eq!(configs.len(), 3, "the demo has three listeners, each with its own plugin config");
     for config in configs {
         if let Err(error) = wsgate::Policy::from_json(config.as_bytes()) {
             panic!("{error}\n{config}");
@@ -97,19 +77,20 @@ fn docker_compose_runs_the_demo_with_the_same_envoy_module_and_upstream() {
     let compose = yaml(&compose_path);
     let envoy_yaml = yaml(&demo());
     let services = &compose["services"];
+    // Where a path inside a service's container comes from on the host: the volume whose
+    // container side is the path itself or a folder above it.
     let host_of = |service: &str, inside: &str| -> PathBuf {
         let volumes = services[service]["volumes"].as_sequence().unwrap();
-        let mount = volumes
+        volumes
             .iter()
             .filter_map(Value::as_str)
-            .find(|v| v.split(':').nth(1) == Some(inside))
-            .unwrap_or_else(|| panic!("{service} mounts nothing at {inside}"));
-        let host = mount.split(':').next().unwrap();
-        std::fs::canonicalize(repo().join("envoy"))
-            .unwrap()
-            .join(host)
-            .components()
-            .collect()
+            .find_map(|volume| {
+                let mut parts = volume.split(':');
+                let (host, mount) = (parts.next()?, parts.next()?);
+                let rest = Path::new(inside).strip_prefix(mount).ok()?;
+                Some(repo().join("envoy").join(host).join(rest))
+            })
+            .unwrap_or_else(|| panic!("{service} mounts nothing at {inside}"))
     };
     let normal = |path: PathBuf| -> PathBuf {
         let mut out = PathBuf::new();
@@ -130,70 +111,39 @@ fn docker_compose_runs_the_demo_with_the_same_envoy_module_and_upstream() {
     let version = Command::new(envoy_bin()).arg("--version").output().unwrap();
     // "<path>  version: <commit>/1.40.0/Clean/RELEASE/BoringSSL"
     let version = String::from_utf8_lossy(&version.stdout);
-    let version = version
-        .split("version: ")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .nth(1)
-        .unwrap();
-    assert_eq!(
-        services["envoy"]["image"].as_str(),
-        Some(format!("envoyproxy/envoy:v{version}").as_str())
-    );
+    let version = version.split("version: ").nth(1).unwrap().split('/').nth(1).unwrap();
+    assert_eq!(services["envoy"]["image"].as_str(), Some(format!("envoyproxy/envoy:v{version}").as_str()));
 
     // The same envoy.yaml.
-    let command: Vec<&str> = services["envoy"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let command: Vec<&str> =
+        services["envoy"]["command"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
     let config_inside = command[command.iter().position(|a| *a == "-c").unwrap() + 1];
-    assert_eq!(
-        normal(host_of("envoy", config_inside)),
-        root.join("envoy/envoy.yaml")
-    );
+    assert_eq!(normal(host_of("envoy", config_inside)), root.join("envoy/envoy.yaml"));
 
-    // The same module, at the path envoy.yaml names, seen from Envoy's working directory.
+    // The same module and certificate, at the paths envoy.yaml names, seen from Envoy's
+    // working directory.
     let workdir = services["envoy"]["working_dir"].as_str().unwrap();
-    for filename in strings(&envoy_yaml, "filename") {
+    let filenames = strings(&envoy_yaml, "filename");
+    assert!(filenames.len() >= 4, "the module (per listener) and the certificate: {filenames:?}");
+    for filename in filenames {
         let inside = Path::new(workdir).join(filename);
-        assert_eq!(
-            normal(host_of("envoy", inside.to_str().unwrap())),
-            root.join("target/wasm32-wasip1/release/wsgate.wasm")
-        );
+        assert_eq!(normal(host_of("envoy", inside.to_str().unwrap())), root.join(filename), "{filename}");
     }
 
     // The upstream listens where envoy.yaml's cluster points, and shares Envoy's network.
     let mut addresses = Vec::new();
-    find_all(
-        &envoy_yaml["static_resources"]["clusters"],
-        "socket_address",
-        &mut addresses,
-    );
+    find_all(&envoy_yaml["static_resources"]["clusters"], "socket_address", &mut addresses);
     let cluster = format!(
         "{}:{}",
         addresses[0]["address"].as_str().unwrap(),
         addresses[0]["port_value"].as_u64().unwrap()
     );
-    let echo: Vec<&str> = services["echo"]["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let echo: Vec<&str> =
+        services["echo"]["command"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(echo[1], cluster);
-    assert_eq!(
-        normal(host_of("echo", echo[0])),
-        root.join("target/release/wsgate-echo")
-    );
+    assert_eq!(normal(host_of("echo", echo[0])), root.join("target/release/wsgate-echo"));
     for service in ["echo", "envoy"] {
-        assert_eq!(
-            services[service]["network_mode"].as_str(),
-            Some("host"),
-            "{service}"
-        );
+        assert_eq!(services[service]["network_mode"].as_str(), Some("host"), "{service}");
     }
 }
 
@@ -201,34 +151,26 @@ const BAD_CONFIG: &str = r#"{"allowed_origins": ["https://app.example.com", "htt
 
 #[test]
 fn envoy_validate_refuses_a_bad_plugin_config_and_names_the_field() {
-    let listener = listener_yaml("bad", free_port(), BAD_CONFIG);
-    let output = validate_yaml(&bootstrap_yaml(
-        &[listener],
-        "127.0.0.1:9".parse().unwrap(),
-        free_port(),
-    ));
+    let listener = listener_yaml("bad", free_port(), BAD_CONFIG, None);
+    let output = validate_yaml(&bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()));
     let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "Envoy accepted a bad config:\n{log}");
     assert!(
-        !output.status.success(),
-        "Envoy accepted a bad config:\n{log}"
-    );
-    assert!(
-        log.contains(r#"configuration rejected: allowed_origins[1]: "https//x.com" is not an origin (missing "://")"#),
+        log.contains(
+            r#"configuration rejected: allowed_origins[1]: "https//x.com" is not an origin (missing "://")"#
+        ),
         "{log}"
     );
 }
 
 #[test]
 fn envoy_refuses_to_start_with_a_bad_plugin_config() {
-    let listener = listener_yaml("bad", free_port(), r#"{"allowed_origins": ["*"]}"#);
+    let listener = listener_yaml("bad", free_port(), r#"{"allowed_origins": ["*"]}"#, None);
     let dir = std::env::temp_dir().join(format!("wsgate-bad-start-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("envoy.yaml");
-    std::fs::write(
-        &config,
-        bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()),
-    )
-    .unwrap();
+    std::fs::write(&config, bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()))
+        .unwrap();
     let mut child = Command::new(envoy_bin())
         .arg("-c")
         .arg(&config)
@@ -253,11 +195,7 @@ fn envoy_refuses_to_start_with_a_bad_plugin_config() {
     let output = child.wait_with_output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let log = String::from_utf8_lossy(&output.stderr);
-    let status =
-        status.unwrap_or_else(|| panic!("Envoy kept running with a bad plugin config:\n{log}"));
+    let status = status.unwrap_or_else(|| panic!("Envoy kept running with a bad plugin config:\n{log}"));
     assert!(!status.success());
-    assert!(
-        log.contains("allowed_origins[0]: \"*\" is not an origin"),
-        "{log}"
-    );
+    assert!(log.contains("allowed_origins[0]: \"*\" is not an origin"), "{log}");
 }

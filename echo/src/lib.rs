@@ -32,11 +32,7 @@ pub struct SeenRequest {
 impl SeenRequest {
     /// Every value of the header `name` (lower-case), in arrival order.
     pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
     }
 
     pub fn is_upgrade(&self) -> bool {
@@ -91,9 +87,7 @@ async fn handle(mut stream: TcpStream, recorder: Recorder, verbose: bool) -> Res
         };
         let Some(request) = parse_head(&head) else {
             stream
-                .write_all(
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                 .await?;
             return Ok(());
         };
@@ -104,29 +98,36 @@ async fn handle(mut stream: TcpStream, recorder: Recorder, verbose: bool) -> Res
         if request.is_upgrade() {
             return echo_websocket(stream, &request, rest).await;
         }
-        let body = format!("{} {}\n", request.method, request.path);
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{}",
-            body.len(),
-            if request.method == "HEAD" { "" } else { &body }
-        );
-        stream.write_all(reply.as_bytes()).await?;
+        stream.write_all(ordinary_reply(&request).as_bytes()).await?;
     }
 }
 
-async fn echo_websocket(
-    mut stream: TcpStream,
-    request: &SeenRequest,
-    rest: Vec<u8>,
-) -> Result<(), BoxError> {
-    let mut reply = String::from(
-        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
-    );
+/// The answer to an ordinary request. `/status/NNN` answers with that status; `/own-headers`
+/// answers with security headers of the upstream's own, as an application might set them.
+fn ordinary_reply(request: &SeenRequest) -> String {
+    let path = request.path.split('?').next().unwrap_or_default();
+    let status: u16 = path.strip_prefix("/status/").and_then(|code| code.parse().ok()).unwrap_or(200);
+    let mut head = format!("HTTP/1.1 {status} Status\r\n");
+    if path == "/own-headers" {
+        head.push_str("content-security-policy: default-src 'none'\r\nreferrer-policy: no-referrer\r\n");
+    }
+    if matches!(status, 301 | 302 | 307 | 308) {
+        head.push_str("location: /\r\n");
+    }
+    // 1xx, 204 and 304 have no body (RFC 9110 section 6.4.1), nor does the answer to HEAD.
+    if status == 204 || status == 304 {
+        return format!("{head}\r\n");
+    }
+    let body = format!("{} {}\n", request.method, request.path);
+    let shown = if request.method == "HEAD" { "" } else { body.as_str() };
+    format!("{head}content-type: text/plain\r\ncontent-length: {}\r\n\r\n{shown}", body.len())
+}
+
+async fn echo_websocket(mut stream: TcpStream, request: &SeenRequest, rest: Vec<u8>) -> Result<(), BoxError> {
+    let mut reply =
+        String::from("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n");
     if let Some(key) = request.header_values("sec-websocket-key").first() {
-        reply.push_str(&format!(
-            "sec-websocket-accept: {}\r\n",
-            derive_accept_key(key.as_bytes())
-        ));
+        reply.push_str(&format!("sec-websocket-accept: {}\r\n", derive_accept_key(key.as_bytes())));
     }
     reply.push_str("\r\n");
     stream.write_all(reply.as_bytes()).await?;
@@ -153,9 +154,7 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<(Vec<u8>, Vec<u8>)>,
         }
         if buf.len() > MAX_HEAD_BYTES {
             stream
-                .write_all(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n",
-                )
+                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n")
                 .await?;
             return Ok(None);
         }
@@ -178,9 +177,5 @@ fn parse_head(head: &[u8]) -> Option<SeenRequest> {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
         .collect();
-    Some(SeenRequest {
-        method,
-        path,
-        headers,
-    })
+    Some(SeenRequest { method, path, headers })
 }

@@ -2,13 +2,7 @@
 //!
 //! Every server listens on 127.0.0.1 on a port found free at run time. Envoy is a child process
 //! stopped by PID when its handle drops, pass or fail; on a failing test its log is printed.
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod client;
 
@@ -28,9 +22,8 @@ pub fn repo() -> PathBuf {
 
 /// The Envoy binary: `$WSGATE_ENVOY`, or the one `make` installs into `.venv`.
 pub fn envoy_bin() -> PathBuf {
-    let path = std::env::var_os("WSGATE_ENVOY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/envoy"));
+    let path =
+        std::env::var_os("WSGATE_ENVOY").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/bin/envoy"));
     assert!(
         path.exists(),
         "no Envoy at {}: run the tests with `make test`, which installs it",
@@ -54,11 +47,7 @@ pub fn wasm_path() -> PathBuf {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A fresh scratch folder for one Envoy's config and log.
@@ -71,15 +60,38 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// The YAML of one HTTP listener with wsgate (plugin config `plugin_json`) before the router.
-pub fn listener_yaml(name: &str, port: u16, plugin_json: &str) -> String {
+/// A certificate and key for a TLS listener, as files.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The YAML of one HTTP listener with wsgate (plugin config `plugin_json`) before the router,
+/// over TLS if `tls` is given. `/envoy-404` is answered by Envoy itself.
+pub fn listener_yaml(name: &str, port: u16, plugin_json: &str, tls: Option<&TlsFiles>) -> String {
     let value = serde_json::to_string(plugin_json).unwrap();
+    let transport = match tls {
+        None => String::new(),
+        Some(files) => format!(
+            r#"
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates: [{{certificate_chain: {{filename: {}}}, private_key: {{filename: {}}}}}]"#,
+            files.cert.display(),
+            files.key.display()
+        ),
+    };
     format!(
         r#"
   - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
-    - filters:
+    - {transport}
+      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -91,7 +103,9 @@ pub fn listener_yaml(name: &str, port: u16, plugin_json: &str) -> String {
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}]
+              routes:
+              - {{match: {{prefix: "/envoy-404"}}, direct_response: {{status: 404}}}}
+              - {{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}
           http_filters:
           - name: envoy.filters.http.wasm
             typed_config:
@@ -139,6 +153,8 @@ admin:
 pub struct Envoy {
     child: Child,
     dir: PathBuf,
+    /// Further scratch folders that live as long as this Envoy.
+    others: Vec<PathBuf>,
     pub admin_port: u16,
 }
 
@@ -157,13 +173,14 @@ impl Envoy {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut envoy = Envoy {
-            child,
-            dir,
-            admin_port,
-        };
+        let mut envoy = Envoy { child, dir, others: Vec::new(), admin_port };
         envoy.wait_ready();
         envoy
+    }
+
+    /// Removes `dir` when this Envoy stops.
+    pub fn also_remove(&mut self, dir: PathBuf) {
+        self.others.push(dir);
     }
 
     fn wait_ready(&mut self) {
@@ -172,10 +189,7 @@ impl Envoy {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("Envoy exited during start-up ({status}):\n{}", self.log());
             }
-            if self
-                .admin_get("/ready")
-                .is_some_and(|body| body.contains("LIVE"))
-            {
+            if self.admin_get("/ready").is_some_and(|body| body.contains("LIVE")) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -187,11 +201,7 @@ impl Envoy {
     pub fn admin_get(&self, path: &str) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
-        )
-        .ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
@@ -205,11 +215,7 @@ impl Envoy {
 
     /// Envoy's log lines from wsgate.
     pub fn wsgate_log(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|line| line.contains("wasm log"))
-            .map(str::to_string)
-            .collect()
+        self.log().lines().filter(|line| line.contains("wasm log")).map(str::to_string).collect()
     }
 }
 
@@ -218,12 +224,12 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- Envoy log ----\n{}---- end of Envoy log ----",
-                self.log()
-            );
+            eprintln!("---- Envoy log ----\n{}---- end of Envoy log ----", self.log());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        for dir in &self.others {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -233,32 +239,48 @@ pub struct Gate {
     /// The listener ports, in the order of the plugin configs.
     pub ports: Vec<u16>,
     pub upstream: Recorder,
+    /// The certificate of the TLS listeners (DER), for clients to trust.
+    pub certificate: Vec<u8>,
+}
+
+/// How a listener of a [`Gate`] is reached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plaintext,
+    Tls,
 }
 
 impl Gate {
-    /// Starts the echo upstream on the current tokio runtime and Envoy in front of it.
+    /// Starts the echo upstream on the current tokio runtime and Envoy in front of it, with a
+    /// plaintext listener for each plugin config.
     pub async fn start(plugin_configs: &[&str]) -> Gate {
+        let listeners: Vec<_> = plugin_configs.iter().map(|config| (*config, Transport::Plaintext)).collect();
+        Gate::start_listeners(&listeners).await
+    }
+
+    /// Like [`Gate::start`], with a transport for each listener.
+    pub async fn start_listeners(listeners: &[(&str, Transport)]) -> Gate {
         let upstream = Recorder::default();
-        let upstream_addr = wsgate_echo::start("127.0.0.1:0", upstream.clone())
-            .await
-            .unwrap();
-        let ports: Vec<u16> = plugin_configs.iter().map(|_| free_port()).collect();
-        let listeners: Vec<String> = plugin_configs
+        let upstream_addr = wsgate_echo::start("127.0.0.1:0", upstream.clone()).await.unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = scratch_dir();
+        let files = TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        std::fs::write(&files.cert, certified.cert.pem()).unwrap();
+        std::fs::write(&files.key, certified.signing_key.serialize_pem()).unwrap();
+        let ports: Vec<u16> = listeners.iter().map(|_| free_port()).collect();
+        let yaml: Vec<String> = listeners
             .iter()
             .zip(&ports)
             .enumerate()
-            .map(|(i, (config, port))| listener_yaml(&format!("listener_{i}"), *port, config))
+            .map(|(i, ((config, transport), port))| {
+                let tls = (*transport == Transport::Tls).then_some(&files);
+                listener_yaml(&format!("listener_{i}"), *port, config, tls)
+            })
             .collect();
         let admin_port = free_port();
-        let envoy = Envoy::start(
-            &bootstrap_yaml(&listeners, upstream_addr, admin_port),
-            admin_port,
-        );
-        Gate {
-            envoy,
-            ports,
-            upstream,
-        }
+        let mut envoy = Envoy::start(&bootstrap_yaml(&yaml, upstream_addr, admin_port), admin_port);
+        envoy.also_remove(dir);
+        Gate { envoy, ports, upstream, certificate: certified.cert.der().to_vec() }
     }
 
     /// The first listener's port.

@@ -30,10 +30,7 @@ async fn run() -> Result<(), String> {
             _ => text = arg,
         }
     }
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("{url}: {e}"))?;
+    let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
     if let Some(origin) = origin {
         let value = HeaderValue::from_str(&origin).map_err(|e| format!("--origin: {e}"))?;
         request.headers_mut().insert("origin", value);
@@ -41,20 +38,13 @@ async fn run() -> Result<(), String> {
     let (mut socket, response) = match tokio_tungstenite::connect_async(request).await {
         Ok(connected) => connected,
         Err(Error::Http(response)) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
             return Err(format!("{}\n{}", response.status(), body.trim()));
         }
         Err(error) => return Err(format!("handshake failed: {error}")),
     };
     println!("{}", response.status());
-    socket
-        .send(Message::text(text))
-        .await
-        .map_err(|e| e.to_string())?;
+    socket.send(Message::text(text)).await.map_err(|e| e.to_string())?;
     while let Some(message) = socket.next().await {
         match message.map_err(|e| e.to_string())? {
             Message::Text(reply) => {
