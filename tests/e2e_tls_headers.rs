@@ -193,3 +193,17 @@ async fn answers_to_handshakes_get_none_of_the_headers() {
         assert_eq!(refused.header(name), Vec::<String>::new(), "wsgate's refusal got {name}");
     }
 }
+
+#[test]
+fn a_policy_that_weakens_itself_loads_with_a_warning_in_envoys_log() {
+    let weak = r#"{"allowed_origins": ["https://app.example.com"],
+        "response_headers": {"content_security_policy": "script-src 'self' 'unsafe-inline'; connect-src *"}}"#;
+    let listener = support::listener_yaml("weak", support::free_port(), weak, None);
+    let bootstrap =
+        support::bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), support::free_port());
+    let output = support::validate_yaml(&bootstrap);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(log.contains("configuration weakens itself: response_headers.content_security_policy: script-src allows 'unsafe-inline'"), "{log}");
+    assert!(log.contains("connect-src allows \"*\""), "{log}");
+}
