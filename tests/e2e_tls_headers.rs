@@ -48,6 +48,17 @@ fn upgrade_from(origin: &str) -> Vec<u8> {
     raw_upgrade(&[b"connection: upgrade", b"upgrade: websocket", format!("origin: {origin}").as_bytes()])
 }
 
+/// A plaintext handshake from an allowed origin that claims `x-forwarded-proto: https`. With
+/// Envoy's default `use_remote_address: false`, that also makes `:scheme` say https.
+fn forwarded_https_upgrade() -> Vec<u8> {
+    raw_upgrade(&[
+        b"connection: upgrade",
+        b"upgrade: websocket",
+        b"origin: https://app.example.com",
+        b"x-forwarded-proto: https",
+    ])
+}
+
 fn get(method: &str, path: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").into_bytes()
 }
@@ -76,16 +87,11 @@ async fn a_plaintext_handshake_gets_403_and_never_reaches_the_upstream() {
 #[tokio::test]
 async fn a_plaintext_client_cannot_pass_for_tls_with_its_own_forwarded_proto_or_scheme() {
     let gate = Gate::start_listeners(&[(CONFIG, Transport::Plaintext)]).await;
-    // With Envoy's default use_remote_address: false, this also makes :scheme say https.
-    let forwarded = raw_upgrade(&[
-        b"connection: upgrade",
-        b"upgrade: websocket",
-        b"origin: https://app.example.com",
-        b"x-forwarded-proto: https",
-    ]);
-    assert_eq!(raw(gate.port(), &forwarded).await.status, 403);
+    assert_eq!(raw(gate.port(), &forwarded_https_upgrade()).await.status, 403);
     let h2 = h2_websocket(gate.port(), "/ws", &[ALLOWED, ("x-forwarded-proto", "https")]).await;
     assert_eq!(h2.status, 403);
+    let claimed_scheme = h2_websocket(gate.port(), "https://localhost/ws", &[ALLOWED]).await;
+    assert_eq!(claimed_scheme.status, 403, "an h2c request that names :scheme https");
     assert_eq!(gate.upstream_requests(), vec![]);
 }
 
@@ -93,13 +99,7 @@ async fn a_plaintext_client_cannot_pass_for_tls_with_its_own_forwarded_proto_or_
 async fn trust_forwarded_proto_admits_a_handshake_that_a_load_balancer_marked_https() {
     let trusting = r#"{"allowed_origins": ["https://app.example.com"], "trust_forwarded_proto": true}"#;
     let gate = Gate::start_listeners(&[(trusting, Transport::Plaintext)]).await;
-    let forwarded = raw_upgrade(&[
-        b"connection: upgrade",
-        b"upgrade: websocket",
-        b"origin: https://app.example.com",
-        b"x-forwarded-proto: https",
-    ]);
-    assert_eq!(raw(gate.port(), &forwarded).await.status, 101);
+    assert_eq!(raw(gate.port(), &forwarded_https_upgrade()).await.status, 101);
     assert_eq!(raw(gate.port(), &upgrade_from("https://app.example.com")).await.status, 403);
 }
 

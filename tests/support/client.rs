@@ -199,7 +199,8 @@ pub struct H2Socket {
     pub stream: Option<(SendStream<Bytes>, RecvStream)>,
 }
 
-/// A WebSocket handshake over HTTP/2 (RFC 8441) to `path` with extra `headers`.
+/// A WebSocket handshake over HTTP/2 (RFC 8441) to `path` with extra `headers`. A `path` that
+/// is a whole URL (`https://localhost/ws`) also sets `:scheme` and `:authority`.
 pub async fn h2_websocket(port: u16, path: &str, headers: &[(&str, &str)]) -> H2Socket {
     let mut client = h2_connect(port).await;
     // The server's SETTINGS_ENABLE_CONNECT_PROTOCOL arrives with its first SETTINGS frame.
@@ -212,7 +213,7 @@ pub async fn h2_websocket(port: u16, path: &str, headers: &[(&str, &str)]) -> H2
     assert!(client.is_extended_connect_protocol_enabled(), "Envoy did not enable extended CONNECT");
     let mut request = http::Request::builder()
         .method(http::Method::CONNECT)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .uri(if path.contains("://") { path.to_string() } else { format!("http://127.0.0.1:{port}{path}") })
         .header("sec-websocket-version", "13")
         .extension(h2::ext::Protocol::from_static("websocket"));
     for (name, value) in headers {
