@@ -42,6 +42,62 @@ pub struct Config {
     /// front of Envoy. Defaults to false: a client can send that header itself.
     #[serde(default)]
     pub trust_forwarded_proto: bool,
+    /// The credential an upgrade must carry, checked after the origin. Defaults to none: no
+    /// credential is required.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `auth`: where the handshake's credential comes from and how it is verified.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Where to look, in order; the first one present carries the credential. Required.
+    pub sources: Vec<SourceConfig>,
+    /// JSON Web Tokens. Not available yet: a configuration that sets it is refused.
+    #[serde(default)]
+    pub jwt: Option<serde_json::Value>,
+    /// API keys, by the SHA-256 of the key. Defaults to none.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// The header that carries the verified API key's `id` to the upstream. Defaults to
+    /// `x-wsgate-key-id`; a copy sent by the client is always removed.
+    #[serde(default = "default_key_id_header")]
+    pub key_id_header: String,
+    /// Remove the credential from where it came before the upstream sees it. Defaults to true.
+    #[serde(default = "default_true")]
+    pub strip: bool,
+    /// Status of the reply to a missing or invalid credential, 400 to 599. Defaults to 401.
+    #[serde(default = "default_auth_deny_status")]
+    pub deny_status: u16,
+}
+
+/// One place a credential may travel. Exactly one of `query`, `cookie`, `header` and
+/// `subprotocol`; `prefix` only with `header`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A query parameter name (`access_token`).
+    pub query: Option<String>,
+    /// A cookie name (`ws_token`).
+    pub cookie: Option<String>,
+    /// A header name (`authorization`).
+    pub header: Option<String>,
+    /// What the header value starts with before the credential (`Bearer `), compared
+    /// case-insensitively.
+    pub prefix: Option<String>,
+    /// The `Sec-WebSocket-Protocol` entry prefix whose remainder is the base64url-encoded
+    /// credential (`base64url.bearer.authorization.k8s.io.`).
+    pub subprotocol: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who the key belongs to; forwarded in `key_id_header`.
+    pub id: String,
+    /// The SHA-256 of the key, 64 hex digits. The key itself is never in the configuration.
+    pub sha256: String,
 }
 
 /// `response_headers`: each header has a recommended default and is switched off with `null`.
@@ -161,6 +217,14 @@ fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_key_id_header() -> String {
+    "x-wsgate-key-id".to_string()
+}
+
+fn default_auth_deny_status() -> u16 {
+    401
 }
 
 fn default_response_headers() -> Option<ResponseHeadersConfig> {

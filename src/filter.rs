@@ -11,7 +11,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 use crate::headers::{HeaderEdit, Response};
 use crate::policy::{decide, plan_response, respond, Policy, ResponsePlan};
 use crate::request::Request;
-use crate::verdict::{Verdict, REPLY_CONTENT_TYPE};
+use crate::verdict::{RequestEdit, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -65,6 +65,21 @@ struct Stream {
 
 impl Context for Stream {}
 
+impl Stream {
+    fn apply(&self, edit: RequestEdit<'_>) {
+        match edit {
+            RequestEdit::Set(name, value) => self.set_http_request_header_bytes(name, Some(&value)),
+            RequestEdit::Remove(name) => self.set_http_request_header_bytes(name, None),
+            RequestEdit::Lines(name, lines) => {
+                self.set_http_request_header_bytes(name, None);
+                for line in lines {
+                    self.add_http_request_header_bytes(name, &line);
+                }
+            }
+        }
+    }
+}
+
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // The bytes form: header values need not be UTF-8, and the SDK's String form would
@@ -82,12 +97,18 @@ impl HttpContext for Stream {
         let verdict = decide(policy, &request, now);
         self.plan = plan_response(policy, &request, &verdict);
         match verdict {
-            Verdict::Pass | Verdict::Admit => Action::Continue,
+            Verdict::Pass => Action::Continue,
+            Verdict::Admit(edits) => {
+                for edit in edits {
+                    self.apply(edit);
+                }
+                Action::Continue
+            }
             Verdict::Deny(denial) => {
                 log::warn!("{}", denial.log_line(&request));
                 self.send_http_response(
                     u32::from(denial.status),
-                    vec![("content-type", REPLY_CONTENT_TYPE)],
+                    denial.headers(),
                     Some(denial.body.as_bytes()),
                 );
                 Action::Pause

@@ -10,8 +10,9 @@
 //! 2. `on_http_request_headers`: the shell builds a [`Request`] from the host's headers and calls
 //!    [`decide`].
 //! 3. A request that is not an upgrade passes untouched ([`Verdict::Pass`]).
-//! 4. An upgrade that arrived over TLS (when `require_tls`) and whose `Origin` the policy
-//!    admits goes on ([`Verdict::Admit`]).
+//! 4. An upgrade that arrived over TLS (when `require_tls`), whose `Origin` the policy admits
+//!    and whose credential verifies (when `auth` is set) goes on ([`Verdict::Admit`]), with the
+//!    credential removed and the verified identity added.
 //! 5. Any other upgrade gets a local reply ([`Verdict::Deny`]) and one log line; the upstream
 //!    never sees it.
 //! 6. `on_http_response_headers`: the response to an ordinary request gets the security headers
@@ -28,6 +29,7 @@ pub mod headers;
 pub mod origin;
 pub mod policy;
 pub mod request;
+pub mod token;
 pub mod verdict;
 
 #[cfg(target_os = "wasi")]
@@ -38,4 +40,4 @@ pub use error::ConfigError;
 pub use headers::{HeaderEdit, Response};
 pub use policy::{decide, plan_response, respond, Policy, ResponsePlan};
 pub use request::Request;
-pub use verdict::{Denial, DenyReason, Verdict};
+pub use verdict::{Denial, DenyReason, RequestEdit, Verdict};

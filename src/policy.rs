@@ -7,9 +7,10 @@ use crate::error::ConfigError;
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
+use crate::token::Auth;
 use crate::verdict::{
-    Denial, DenyReason, Verdict, INSECURE_TRANSPORT_BODY, INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY,
-    NO_POLICY_STATUS,
+    Denial, DenyReason, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
+    INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY, NO_POLICY_STATUS, UNAUTHORIZED_BODY,
 };
 
 /// A configuration checked and compiled for use on the request path.
@@ -23,6 +24,7 @@ pub struct Policy {
     response_headers: Option<ResponseHeaders>,
     require_tls: bool,
     trust_forwarded_proto: bool,
+    auth: Option<Auth>,
 }
 
 /// What the response path needs to know of its request. The shell keeps it between the
@@ -67,7 +69,12 @@ impl Policy {
             Some(headers) => Some(ResponseHeaders::compile(headers, config.require_tls)?),
             None => None,
         };
+        let auth = match &config.auth {
+            Some(auth) => Some(Auth::compile(auth)?),
+            None => None,
+        };
         Ok(Policy {
+            auth,
             origins,
             missing_origin: config.missing_origin,
             null_origin: config.null_origin,
@@ -85,14 +92,17 @@ impl Policy {
     }
 
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch.
-    /// The transport is checked first, then the origin.
+    /// The transport is checked first (403), then the origin (403), then the credential (401).
     pub fn decide(&self, request: &Request, _now: u64) -> Verdict<'_> {
         if !request.is_upgrade() {
             return Verdict::Pass;
         }
-        let checked = self.check_transport(request).and_then(|()| self.check_origin(request));
+        let checked = self
+            .check_transport(request)
+            .and_then(|()| self.check_origin(request))
+            .and_then(|()| self.auth.as_ref().map_or(Ok(Vec::new()), |auth| auth.check(request)));
         match checked {
-            Ok(()) => Verdict::Admit,
+            Ok(edits) => Verdict::Admit(edits),
             Err(reason) => Verdict::Deny(self.denial(reason)),
         }
     }
@@ -139,15 +149,30 @@ impl Policy {
     fn denial(&self, reason: DenyReason) -> Denial<'_> {
         match reason {
             DenyReason::NoPolicy => no_policy_denial(),
-            DenyReason::InsecureTransport => {
-                Denial { reason, status: INSECURE_TRANSPORT_STATUS, body: INSECURE_TRANSPORT_BODY }
-            }
+            DenyReason::InsecureTransport => Denial {
+                reason,
+                status: INSECURE_TRANSPORT_STATUS,
+                body: INSECURE_TRANSPORT_BODY,
+                challenge: None,
+            },
             DenyReason::OriginNotAllowed
             | DenyReason::OriginMissing
             | DenyReason::OriginNull
             | DenyReason::OriginMalformed => {
-                Denial { reason, status: self.deny_status, body: &self.deny_body }
+                Denial { reason, status: self.deny_status, body: &self.deny_body, challenge: None }
             }
+            DenyReason::TokenMissing => Denial {
+                reason,
+                status: self.auth.as_ref().map_or(401, Auth::deny_status),
+                body: UNAUTHORIZED_BODY,
+                challenge: Some(CHALLENGE),
+            },
+            DenyReason::TokenMalformed | DenyReason::TokenDuplicated | DenyReason::ApiKeyInvalid => Denial {
+                reason,
+                status: self.auth.as_ref().map_or(401, Auth::deny_status),
+                body: UNAUTHORIZED_BODY,
+                challenge: Some(CHALLENGE_INVALID),
+            },
         }
     }
 
@@ -187,7 +212,7 @@ impl Policy {
 }
 
 fn no_policy_denial() -> Denial<'static> {
-    Denial { reason: DenyReason::NoPolicy, status: NO_POLICY_STATUS, body: NO_POLICY_BODY }
+    Denial { reason: DenyReason::NoPolicy, status: NO_POLICY_STATUS, body: NO_POLICY_BODY, challenge: None }
 }
 
 /// Decides one request with whatever policy the VM holds. Without a valid policy (none was

@@ -7,10 +7,22 @@ use crate::request::Request;
 pub enum Verdict<'p> {
     /// Not an upgrade: the request passes untouched.
     Pass,
-    /// An upgrade the policy admits: it goes on to the upstream.
-    Admit,
+    /// An upgrade the policy admits: it goes on to the upstream after these edits (the
+    /// credential removed, the verified identity added).
+    Admit(Vec<RequestEdit<'p>>),
     /// An upgrade the policy refuses: answered locally, the upstream never sees it.
     Deny(Denial<'p>),
+}
+
+/// A change to the request headers before the upstream sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestEdit<'p> {
+    /// Replace every line of the header with this value.
+    Set(&'p str, Vec<u8>),
+    /// Remove every line of the header.
+    Remove(&'p str),
+    /// Replace every line of the header with these lines; none left removes it.
+    Lines(&'p str, Vec<Vec<u8>>),
 }
 
 /// A refusal: the reason, and the local reply that carries it.
@@ -19,6 +31,8 @@ pub struct Denial<'p> {
     pub reason: DenyReason,
     pub status: u16,
     pub body: &'p str,
+    /// `WWW-Authenticate`, for a refused credential (RFC 6750 section 3).
+    pub challenge: Option<&'static str>,
 }
 
 /// Why an upgrade was refused.
@@ -34,6 +48,15 @@ pub enum DenyReason {
     OriginMalformed,
     /// An upgrade that did not arrive over TLS, and `require_tls` is true.
     InsecureTransport,
+    /// No configured source carries a credential.
+    TokenMissing,
+    /// The first source present holds an empty or undecodable credential, or a header without
+    /// its prefix.
+    TokenMalformed,
+    /// The credential's name appears more than once (parameter, cookie, header, subprotocol).
+    TokenDuplicated,
+    /// A credential that matches no configured API key.
+    ApiKeyInvalid,
     /// wsgate holds no valid configuration: upgrades are refused, never passed.
     NoPolicy,
 }
@@ -46,6 +69,12 @@ pub const NO_POLICY_BODY: &str = "Service Unavailable: WebSocket gate has no val
 pub const INSECURE_TRANSPORT_STATUS: u16 = 403;
 /// The body of the reply to [`DenyReason::InsecureTransport`].
 pub const INSECURE_TRANSPORT_BODY: &str = "Forbidden: WebSockets must use TLS (wss://)";
+/// The body of the reply to a refused credential: it says no more than the status.
+pub const UNAUTHORIZED_BODY: &str = "Unauthorized";
+/// The challenge when no credential was presented.
+pub const CHALLENGE: &str = "Bearer realm=\"wsgate\"";
+/// The challenge when a credential was presented and refused.
+pub const CHALLENGE_INVALID: &str = "Bearer realm=\"wsgate\", error=\"invalid_token\"";
 /// The content type of every local reply.
 pub const REPLY_CONTENT_TYPE: &str = "text/plain";
 
@@ -61,12 +90,23 @@ impl DenyReason {
             DenyReason::OriginNull => "origin_null",
             DenyReason::OriginMalformed => "origin_malformed",
             DenyReason::InsecureTransport => "insecure_transport",
+            DenyReason::TokenMissing => "token_missing",
+            DenyReason::TokenMalformed => "token_malformed",
+            DenyReason::TokenDuplicated => "token_duplicated",
+            DenyReason::ApiKeyInvalid => "api_key_invalid",
             DenyReason::NoPolicy => "no_policy",
         }
     }
 }
 
 impl Denial<'_> {
+    /// The headers of the local reply.
+    pub fn headers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut headers = vec![("content-type", REPLY_CONTENT_TYPE)];
+        headers.extend(self.challenge.map(|challenge| ("www-authenticate", challenge)));
+        headers
+    }
+
     /// One log line for this denial: the reason, the origin and the path without its query
     /// string (where credentials travel). Request values are escaped and cut short, so a
     /// hostile header cannot forge or flood log lines.
@@ -105,7 +145,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn denial() -> Denial<'static> {
-        Denial { reason: DenyReason::OriginNotAllowed, status: 403, body: "no" }
+        Denial { reason: DenyReason::OriginNotAllowed, status: 403, body: "no", challenge: None }
     }
 
     fn request(headers: &[(&str, &[u8])]) -> Request {

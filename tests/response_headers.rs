@@ -205,7 +205,7 @@ fn extra_headers_are_added_like_the_others() {
 fn answers_to_upgrades_get_no_headers() {
     let policy = policy(r#"{"allowed_origins": ["https://app.example.com"]}"#);
     let admitted = handshake(true, "https://app.example.com");
-    assert_eq!(policy.decide(&admitted, NOW), Verdict::Admit);
+    assert_eq!(policy.decide(&admitted, NOW), Verdict::Admit(vec![]));
     assert_eq!(edits(&policy, &admitted, &[(":status", "101")]), vec![]);
     assert_eq!(edits(&policy, &admitted, &[(":status", "200")]), vec![], "an HTTP/2 extended CONNECT");
     let refused = handshake(true, "https://evil.example");

@@ -45,7 +45,7 @@ fn handshake(origin: Option<&[u8]>) -> Request {
 fn reason(verdict: &Verdict<'_>) -> Option<DenyReason> {
     match verdict {
         Verdict::Deny(denial) => Some(denial.reason),
-        Verdict::Pass | Verdict::Admit => None,
+        Verdict::Pass | Verdict::Admit(_) => None,
     }
 }
 
@@ -83,7 +83,7 @@ fn handshakes_are_admitted_or_denied_by_their_origin() {
         let verdict = policy.decide(&handshake(Some(origin)), NOW);
         assert_eq!(reason(&verdict), *expected, "{}", String::from_utf8_lossy(origin));
         if expected.is_none() {
-            assert_eq!(verdict, Verdict::Admit);
+            assert_eq!(verdict, Verdict::Admit(vec![]));
         }
     }
 }
@@ -98,8 +98,8 @@ fn missing_and_null_origins_can_each_be_allowed() {
     let both = policy(
         r#"{"allowed_origins": ["https://a.example"], "missing_origin": "allow", "null_origin": "allow"}"#,
     );
-    assert_eq!(both.decide(&handshake(None), NOW), Verdict::Admit);
-    assert_eq!(both.decide(&handshake(Some(b"null")), NOW), Verdict::Admit);
+    assert_eq!(both.decide(&handshake(None), NOW), Verdict::Admit(vec![]));
+    assert_eq!(both.decide(&handshake(Some(b"null")), NOW), Verdict::Admit(vec![]));
     let missing_only = policy(r#"{"allowed_origins": ["https://a.example"], "missing_origin": "allow"}"#);
     assert_eq!(reason(&missing_only.decide(&handshake(Some(b"null")), NOW)), Some(DenyReason::OriginNull));
 }
@@ -178,7 +178,7 @@ fn a_plaintext_upgrade_is_refused_with_403_and_says_why() {
 fn require_tls_false_admits_a_plaintext_upgrade() {
     let policy = policy(r#"{"allowed_origins": ["https://app.example.com"], "require_tls": false}"#);
     let plaintext = handshake(Some(b"https://app.example.com")).with_tls(false);
-    assert_eq!(policy.decide(&plaintext, NOW), Verdict::Admit);
+    assert_eq!(policy.decide(&plaintext, NOW), Verdict::Admit(vec![]));
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn forwarded_proto_counts_as_tls_only_when_trusted() {
     assert_eq!(reason(&untrusted.decide(&forwarded, NOW)), Some(DenyReason::InsecureTransport));
     let trusted =
         policy(r#"{"allowed_origins": ["https://app.example.com"], "trust_forwarded_proto": true}"#);
-    assert_eq!(trusted.decide(&forwarded, NOW), Verdict::Admit);
+    assert_eq!(trusted.decide(&forwarded, NOW), Verdict::Admit(vec![]));
 }
 
 #[test]

@@ -129,6 +129,11 @@ async fn echo_websocket(mut stream: TcpStream, request: &SeenRequest, rest: Vec<
     if let Some(key) = request.header_values("sec-websocket-key").first() {
         reply.push_str(&format!("sec-websocket-accept: {}\r\n", derive_accept_key(key.as_bytes())));
     }
+    // Choose the first subprotocol offered, as an application that speaks it would.
+    let offered = request.header_values("sec-websocket-protocol");
+    if let Some(first) = offered.first().and_then(|line| line.split(',').next()) {
+        reply.push_str(&format!("sec-websocket-protocol: {}\r\n", first.trim()));
+    }
     reply.push_str("\r\n");
     stream.write_all(reply.as_bytes()).await?;
     let mut socket = WebSocketStream::from_partially_read(stream, rest, Role::Server, None).await;

@@ -1,0 +1,192 @@
+//! The handshake's credential: where it comes from ([`source`]), how it is verified, and what
+//! the upstream gets instead of it (the verified identity, never the credential).
+
+pub mod source;
+
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::config::{AuthConfig, SourceConfig};
+use crate::csp::is_tchar;
+use crate::error::ConfigError;
+use crate::request::Request;
+use crate::verdict::{DenyReason, RequestEdit};
+use source::{Lookup, Source};
+
+/// The compiled `auth`.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    sources: Vec<Source>,
+    api_keys: Vec<ApiKey>,
+    key_id_header: String,
+    strip: bool,
+    deny_status: u16,
+}
+
+#[derive(Clone, Debug)]
+struct ApiKey {
+    id: String,
+    sha256: [u8; 32],
+}
+
+/// Header names that a filter must not take a credential from or write an identity to.
+const RESERVED_HEADERS: &[&str] =
+    &["connection", "upgrade", "host", "content-length", "transfer-encoding", "te", "cookie", "origin"];
+
+impl Auth {
+    pub fn compile(config: &AuthConfig) -> Result<Auth, ConfigError> {
+        if config.sources.is_empty() {
+            return Err(ConfigError::new("auth.sources", "is empty; name where the credential travels"));
+        }
+        let mut sources: Vec<Source> = Vec::new();
+        for (index, source) in config.sources.iter().enumerate() {
+            let field = format!("auth.sources[{index}]");
+            let compiled = compile_source(source, &field)?;
+            if sources.contains(&compiled) {
+                return Err(ConfigError::new(field, "is listed twice"));
+            }
+            sources.push(compiled);
+        }
+        if config.jwt.is_some() {
+            let problem = "JWT verification is not available yet; a configuration that needs it is refused \
+                           rather than run without it. Use api_keys";
+            return Err(ConfigError::new("auth.jwt", problem));
+        }
+        if config.api_keys.is_empty() {
+            return Err(ConfigError::new("auth.api_keys", "is empty; list the keys' SHA-256 hashes"));
+        }
+        let mut api_keys: Vec<ApiKey> = Vec::new();
+        for (index, key) in config.api_keys.iter().enumerate() {
+            let field = format!("auth.api_keys[{index}]");
+            if key.id.is_empty() || !key.id.bytes().all(|b| b.is_ascii_graphic()) {
+                let problem = format!("{:?} is not an id: visible ASCII, no spaces", key.id);
+                return Err(ConfigError::new(format!("{field}.id"), problem));
+            }
+            if api_keys.iter().any(|k| k.id == key.id) {
+                return Err(ConfigError::new(format!("{field}.id"), format!("{:?} is given twice", key.id)));
+            }
+            let sha256 = decode_sha256(&key.sha256).ok_or_else(|| {
+                ConfigError::new(format!("{field}.sha256"), "is not a SHA-256 hash: 64 hexadecimal digits")
+            })?;
+            api_keys.push(ApiKey { id: key.id.clone(), sha256 });
+        }
+        let key_id_header = header_name(&config.key_id_header, "auth.key_id_header")?;
+        if sources.iter().any(|s| matches!(s, Source::Header { name, .. } if *name == key_id_header)) {
+            let problem = "is also a credential source; the identity would overwrite the credential";
+            return Err(ConfigError::new("auth.key_id_header", problem));
+        }
+        if !(400..=599).contains(&config.deny_status) {
+            let problem = format!("{} is not a client or server error status (400-599)", config.deny_status);
+            return Err(ConfigError::new("auth.deny_status", problem));
+        }
+        Ok(Auth { sources, api_keys, key_id_header, strip: config.strip, deny_status: config.deny_status })
+    }
+
+    pub fn deny_status(&self) -> u16 {
+        self.deny_status
+    }
+
+    /// Checks the request's credential. On success, the edits that remove any identity header
+    /// the client sent, remove the credential (with `strip`) and forward the verified identity.
+    pub fn check(&self, request: &Request) -> Result<Vec<RequestEdit<'_>>, DenyReason> {
+        // The first source present carries the credential; one that is present but invalid is
+        // refused, never rescued by a later source.
+        let found = self.sources.iter().map(|source| source.lookup(request)).find(|l| *l != Lookup::Absent);
+        let (credential, strip) = match found {
+            None | Some(Lookup::Absent) => return Err(DenyReason::TokenMissing),
+            Some(Lookup::Duplicated) => return Err(DenyReason::TokenDuplicated),
+            Some(Lookup::Malformed) => return Err(DenyReason::TokenMalformed),
+            Some(Lookup::Found { credential, strip }) => (credential, strip),
+        };
+        let key = self.verify_api_key(&credential).ok_or(DenyReason::ApiKeyInvalid)?;
+        let mut edits = Vec::with_capacity(3);
+        if request.values(&self.key_id_header).next().is_some() {
+            edits.push(RequestEdit::Remove(&self.key_id_header));
+        }
+        if self.strip {
+            edits.push(strip);
+        }
+        edits.push(RequestEdit::Set(&self.key_id_header, key.id.as_bytes().to_vec()));
+        Ok(edits)
+    }
+
+    /// The key whose hash matches, comparing with every configured hash in constant time and
+    /// without stopping at a match, so that timing tells nothing about which key is close.
+    fn verify_api_key(&self, credential: &[u8]) -> Option<&ApiKey> {
+        let digest: [u8; 32] = Sha256::digest(credential).into();
+        let mut matched = subtle::Choice::from(0);
+        let mut index = 0u32;
+        for (i, key) in self.api_keys.iter().enumerate() {
+            let equal = key.sha256.ct_eq(&digest);
+            index.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), equal);
+            matched |= equal;
+        }
+        if bool::from(matched) {
+            self.api_keys.get(usize::try_from(index).ok()?)
+        } else {
+            None
+        }
+    }
+}
+
+fn compile_source(source: &SourceConfig, field: &str) -> Result<Source, ConfigError> {
+    let kinds = [&source.query, &source.cookie, &source.header, &source.subprotocol];
+    if kinds.iter().filter(|kind| kind.is_some()).count() != 1 {
+        let problem = "needs exactly one of \"query\", \"cookie\", \"header\", \"subprotocol\"";
+        return Err(ConfigError::new(field, problem));
+    }
+    if source.prefix.is_some() && source.header.is_none() {
+        return Err(ConfigError::new(format!("{field}.prefix"), "goes only with \"header\""));
+    }
+    let token = |value: &str, key: &str| -> Result<String, ConfigError> {
+        if value.is_empty() || !value.bytes().all(is_tchar) {
+            return Err(ConfigError::new(format!("{field}.{key}"), format!("{value:?} is not a valid name")));
+        }
+        Ok(value.to_string())
+    };
+    Ok(match (&source.query, &source.cookie, &source.header, &source.subprotocol) {
+        (Some(name), _, _, _) => {
+            if name.is_empty() {
+                return Err(ConfigError::new(format!("{field}.query"), "is empty"));
+            }
+            Source::Query(name.clone())
+        }
+        (_, Some(name), _, _) => Source::Cookie(token(name, "cookie")?),
+        (_, _, Some(name), _) => {
+            let name = header_name(name, &format!("{field}.header"))?;
+            let prefix = source.prefix.clone().unwrap_or_default();
+            if !prefix.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                return Err(ConfigError::new(format!("{field}.prefix"), "is not visible ASCII"));
+            }
+            Source::Header { name, prefix }
+        }
+        (_, _, _, Some(prefix)) => Source::Subprotocol(token(prefix, "subprotocol")?),
+        (None, None, None, None) => return Err(ConfigError::new(field, "names no source")),
+    })
+}
+
+/// A lower-cased header name that may carry a credential or an identity.
+fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    if lower.is_empty() || !lower.bytes().all(is_tchar) {
+        return Err(ConfigError::new(field, format!("{name:?} is not a header name")));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("sec-websocket-") {
+        return Err(ConfigError::new(field, format!("{name:?} is a header that Envoy or WebSockets need")));
+    }
+    Ok(lower)
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    // from_str_radix alone would also take a sign ("+f").
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}

@@ -1,0 +1,308 @@
+//! Where a credential travels (query, cookie, header, subprotocol), how it is found there, and
+//! how it is removed again without touching anything else.
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+
+use crate::request::Request;
+use crate::verdict::RequestEdit;
+
+/// One configured place to look, compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A query parameter, by its decoded name.
+    Query(String),
+    /// A cookie, by name.
+    Cookie(String),
+    /// A header (lower-case name), whose value starts with `prefix` (may be empty).
+    Header { name: String, prefix: String },
+    /// The `Sec-WebSocket-Protocol` entry that starts with this prefix.
+    Subprotocol(String),
+}
+
+/// What a source holds in one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup<'s> {
+    Absent,
+    /// Present once: the credential, and the edit that removes it from the request.
+    Found {
+        credential: Vec<u8>,
+        strip: RequestEdit<'s>,
+    },
+    /// Present more than once: refused, whichever copy is valid.
+    Duplicated,
+    /// Present, but empty or not in the expected form.
+    Malformed,
+}
+
+impl Source {
+    /// Looks for the credential in `request`.
+    pub fn lookup(&self, request: &Request) -> Lookup<'_> {
+        let lookup = match self {
+            Source::Query(name) => query(request.path(), name),
+            Source::Cookie(name) => cookie(request, name),
+            Source::Header { name, prefix } => header(request, name, prefix),
+            Source::Subprotocol(prefix) => subprotocol(request, prefix),
+        };
+        match lookup {
+            Lookup::Found { credential, .. } if credential.is_empty() => Lookup::Malformed,
+            other => other,
+        }
+    }
+}
+
+/// Splits on the first `separator`.
+fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
+    let at = bytes.iter().position(|&b| b == separator)?;
+    Some((bytes.get(..at)?, bytes.get(at + 1..)?))
+}
+
+/// `application/x-www-form-urlencoded` parameters, names compared after decoding, exactly. The
+/// other parameters are written back byte for byte, in order.
+fn query(path: &[u8], name: &str) -> Lookup<'static> {
+    let Some((before, query)) = split_once(path, b'?') else {
+        return Lookup::Absent;
+    };
+    let mut found = Vec::new();
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for pair in query.split(|&b| b == b'&') {
+        match form_urlencoded::parse(pair).next() {
+            Some((key, value)) if key == name => found.push(value.into_owned().into_bytes()),
+            _ => kept.push(pair),
+        }
+    }
+    let mut new_path = before.to_vec();
+    if kept.iter().any(|pair| !pair.is_empty()) {
+        new_path.push(b'?');
+        new_path.extend_from_slice(&kept.join(&b'&'));
+    }
+    one(found, RequestEdit::Set(":path", new_path))
+}
+
+/// RFC 6265 section 4.2.1 pairs over every `Cookie` line (Envoy keeps the lines apart), each
+/// split on its first `=`, names compared exactly. A value in double quotes is unquoted.
+fn cookie(request: &Request, name: &str) -> Lookup<'static> {
+    let mut found = Vec::new();
+    let mut lines = Vec::new();
+    for line in request.values("cookie") {
+        let mut kept: Vec<&[u8]> = Vec::new();
+        for pair in line.split(|&b| b == b';').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
+            match split_once(pair, b'=') {
+                Some((key, value)) if key.trim_ascii() == name.as_bytes() => {
+                    let value = value.trim_ascii();
+                    let unquoted = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\""));
+                    found.push(unquoted.unwrap_or(value).to_vec());
+                }
+                _ => kept.push(pair),
+            }
+        }
+        if !kept.is_empty() {
+            lines.push(kept.join(b"; ".as_slice()));
+        }
+    }
+    one(found, RequestEdit::Lines("cookie", lines))
+}
+
+/// A header present on exactly one line, whose value starts with `prefix` (case-insensitively,
+/// as an authentication scheme is, RFC 9110 section 11.1).
+fn header<'s>(request: &Request, name: &'s str, prefix: &str) -> Lookup<'s> {
+    let values: Vec<&[u8]> = request.values(name).collect();
+    let [value] = values.as_slice() else {
+        return if values.is_empty() { Lookup::Absent } else { Lookup::Duplicated };
+    };
+    let value = value.trim_ascii();
+    match value.get(..prefix.len()) {
+        Some(start) if start.eq_ignore_ascii_case(prefix.as_bytes()) => {
+            let credential = value.get(prefix.len()..).unwrap_or_default().trim_ascii().to_vec();
+            Lookup::Found { credential, strip: RequestEdit::Remove(name) }
+        }
+        _ => Lookup::Malformed,
+    }
+}
+
+/// The one `Sec-WebSocket-Protocol` entry that starts with `prefix`; the rest of the entry is
+/// the credential in base64url without padding (the Kubernetes convention). The other entries
+/// are the application's and are written back.
+fn subprotocol(request: &Request, prefix: &str) -> Lookup<'static> {
+    let mut found = Vec::new();
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let entries = request.values("sec-websocket-protocol").flat_map(|line| line.split(|&b| b == b','));
+    for entry in entries.map(<[u8]>::trim_ascii).filter(|e| !e.is_empty()) {
+        match entry.strip_prefix(prefix.as_bytes()) {
+            Some(encoded) => found.push(encoded),
+            None => kept.push(entry),
+        }
+    }
+    let strip = match kept.is_empty() {
+        true => RequestEdit::Remove("sec-websocket-protocol"),
+        false => RequestEdit::Set("sec-websocket-protocol", kept.join(b", ".as_slice())),
+    };
+    match found.as_slice() {
+        [] => Lookup::Absent,
+        [encoded] => match Base64UrlUnpadded::decode_vec(&String::from_utf8_lossy(encoded)) {
+            Ok(credential) => Lookup::Found { credential, strip },
+            Err(_) => Lookup::Malformed,
+        },
+        _ => Lookup::Duplicated,
+    }
+}
+
+/// The single credential found, or why there is not exactly one.
+fn one(mut found: Vec<Vec<u8>>, strip: RequestEdit<'static>) -> Lookup<'static> {
+    match found.len() {
+        0 => Lookup::Absent,
+        1 => Lookup::Found { credential: found.pop().unwrap_or_default(), strip },
+        _ => Lookup::Duplicated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        Request::new(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
+    }
+
+    fn found(credential: &str, strip: RequestEdit<'static>) -> Lookup<'static> {
+        Lookup::Found { credential: credential.as_bytes().to_vec(), strip }
+    }
+
+    fn path(path: &str) -> RequestEdit<'static> {
+        RequestEdit::Set(":path", path.as_bytes().to_vec())
+    }
+
+    /// Looks up with a source that lives for the test, so the lookup may borrow from it.
+    fn lookup(source: Source, headers: &[(&str, &str)]) -> Lookup<'static> {
+        let source: &'static Source = Box::leak(Box::new(source));
+        source.lookup(&request(headers))
+    }
+
+    fn in_query(target: &str) -> Lookup<'static> {
+        lookup(Source::Query("token".into()), &[(":path", target)])
+    }
+
+    #[test]
+    fn a_query_credential_is_removed_and_every_other_parameter_kept_byte_for_byte() {
+        assert_eq!(in_query("/ws?a=1&token=abc&b=%2F+x&c"), found("abc", path("/ws?a=1&b=%2F+x&c")));
+        assert_eq!(in_query("/ws?token=abc"), found("abc", path("/ws")));
+        assert_eq!(in_query("/ws?token=abc&x=1"), found("abc", path("/ws?x=1")));
+    }
+
+    #[test]
+    fn query_names_are_compared_exactly_after_decoding() {
+        assert_eq!(in_query("/ws?xtoken=abc&tokenx=d&Token=e"), Lookup::Absent);
+        assert_eq!(in_query("/ws?to%6Ben=abc"), found("abc", path("/ws")));
+    }
+
+    #[test]
+    fn query_values_are_form_decoded_and_may_hold_an_equals_sign() {
+        assert_eq!(in_query("/ws?token=a%2Bb+c%3D=d"), found("a+b c==d", path("/ws")));
+    }
+
+    #[test]
+    fn a_query_parameter_twice_is_duplicated() {
+        assert_eq!(in_query("/ws?token=a&token=b"), Lookup::Duplicated);
+        assert_eq!(in_query("/ws?token=a&to%6Ben=a"), Lookup::Duplicated);
+    }
+
+    #[test]
+    fn an_empty_or_valueless_query_credential_is_malformed() {
+        assert_eq!(in_query("/ws?token="), Lookup::Malformed);
+        assert_eq!(in_query("/ws?token"), Lookup::Malformed);
+    }
+
+    #[test]
+    fn a_path_without_query_has_no_query_credential() {
+        assert_eq!(in_query("/ws"), Lookup::Absent);
+    }
+
+    fn in_cookies(lines: &[&str]) -> Lookup<'static> {
+        let headers: Vec<(&str, &str)> = lines.iter().map(|line| ("cookie", *line)).collect();
+        lookup(Source::Cookie("ws_token".into()), &headers)
+    }
+
+    fn cookies(lines: &[&str]) -> RequestEdit<'static> {
+        RequestEdit::Lines("cookie", lines.iter().map(|l| l.as_bytes().to_vec()).collect())
+    }
+
+    #[test]
+    fn a_cookie_credential_is_removed_from_its_line_and_the_other_cookies_kept() {
+        assert_eq!(in_cookies(&["a=1; ws_token=abc; b=2"]), found("abc", cookies(&["a=1; b=2"])));
+        assert_eq!(in_cookies(&["a=1", "ws_token=abc"]), found("abc", cookies(&["a=1"])));
+        assert_eq!(in_cookies(&["ws_token=abc"]), found("abc", cookies(&[])));
+    }
+
+    #[test]
+    fn cookies_split_on_the_first_equals_sign_and_keep_pairs_without_one() {
+        assert_eq!(in_cookies(&["flag; ws_token=a=b==; c=d"]), found("a=b==", cookies(&["flag; c=d"])));
+    }
+
+    #[test]
+    fn cookie_names_are_compared_exactly_and_quoted_values_unquoted() {
+        assert_eq!(in_cookies(&["ws_tokenx=1; xws_token=2; WS_TOKEN=3"]), Lookup::Absent);
+        assert_eq!(in_cookies(&["ws_token=\"abc\""]), found("abc", cookies(&[])));
+    }
+
+    #[test]
+    fn a_cookie_twice_is_duplicated_also_across_lines() {
+        assert_eq!(in_cookies(&["ws_token=a; ws_token=b"]), Lookup::Duplicated);
+        assert_eq!(in_cookies(&["ws_token=a", "x=1; ws_token=a"]), Lookup::Duplicated);
+    }
+
+    fn in_header(headers: &[(&str, &str)]) -> Lookup<'static> {
+        lookup(Source::Header { name: "authorization".into(), prefix: "Bearer ".into() }, headers)
+    }
+
+    #[test]
+    fn a_header_credential_follows_its_prefix_in_any_case() {
+        assert_eq!(
+            in_header(&[("authorization", "Bearer abc")]),
+            found("abc", RequestEdit::Remove("authorization"))
+        );
+        assert_eq!(
+            in_header(&[("authorization", "bearer abc")]),
+            found("abc", RequestEdit::Remove("authorization"))
+        );
+    }
+
+    #[test]
+    fn a_header_without_its_prefix_is_malformed_not_absent() {
+        assert_eq!(in_header(&[("authorization", "Basic abc")]), Lookup::Malformed);
+        assert_eq!(in_header(&[("authorization", "Bearer ")]), Lookup::Malformed);
+    }
+
+    #[test]
+    fn a_header_on_two_lines_is_duplicated() {
+        let lines = [("authorization", "Bearer a"), ("authorization", "Bearer a")];
+        assert_eq!(in_header(&lines), Lookup::Duplicated);
+    }
+
+    const K8S: &str = "base64url.bearer.authorization.k8s.io.";
+
+    fn in_subprotocols(value: &str) -> Lookup<'static> {
+        lookup(Source::Subprotocol(K8S.into()), &[("sec-websocket-protocol", value)])
+    }
+
+    #[test]
+    fn a_subprotocol_credential_is_decoded_and_the_other_entries_kept() {
+        let value = format!("chat, {K8S}YWJj, v2.chat");
+        let kept = RequestEdit::Set("sec-websocket-protocol", b"chat, v2.chat".to_vec());
+        assert_eq!(in_subprotocols(&value), found("abc", kept));
+        let none_left = RequestEdit::Remove("sec-websocket-protocol");
+        assert_eq!(in_subprotocols(&format!("{K8S}YWJj")), found("abc", none_left));
+    }
+
+    #[test]
+    fn a_subprotocol_credential_that_is_not_strict_base64url_is_malformed() {
+        assert_eq!(in_subprotocols(&format!("{K8S}YWJj=")), Lookup::Malformed);
+        assert_eq!(in_subprotocols(&format!("{K8S}YW+j")), Lookup::Malformed);
+        assert_eq!(in_subprotocols(K8S), Lookup::Malformed);
+    }
+
+    #[test]
+    fn two_credential_subprotocols_are_duplicated() {
+        assert_eq!(in_subprotocols(&format!("{K8S}YWJj, {K8S}YWJj")), Lookup::Duplicated);
+    }
+}

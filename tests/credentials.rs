@@ -1,0 +1,308 @@
+//! The handshake's credential (`auth`) on the public core API: sources, API keys, stripping,
+//! identity headers, refusals and configuration errors. Also run compiled to wasm32.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use sha2::{Digest, Sha256};
+use wsgate::{DenyReason, Policy, Request, RequestEdit, Verdict};
+
+const NOW: u64 = 1_790_000_000;
+const KEY: &str = "k-7f3a9c";
+const OTHER_KEY: &str = "k-other";
+const K8S: &str = "base64url.bearer.authorization.k8s.io.";
+
+fn sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A policy with the four sources and two API keys, `extra` added to `auth`.
+fn policy_with(extra: &str) -> Policy {
+    let json = format!(
+        r#"{{"allowed_origins": ["https://app.example.com"],
+            "auth": {{"sources": [{{"query": "access_token"}}, {{"cookie": "ws_token"}},
+                                  {{"header": "authorization", "prefix": "Bearer "}}, {{"subprotocol": "{K8S}"}}],
+                     "api_keys": [{{"id": "other", "sha256": "{}"}}, {{"id": "build-bot", "sha256": "{}"}}]{extra}}}}}"#,
+        sha256_hex(OTHER_KEY),
+        sha256_hex(KEY)
+    );
+    Policy::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn policy() -> Policy {
+    policy_with("")
+}
+
+/// An allowed browser handshake over TLS to `path`, with extra header lines.
+fn handshake(path: &str, extra: &[(&str, &str)]) -> Request {
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("origin", "https://app.example.com"),
+    ];
+    headers.extend_from_slice(extra);
+    Request::new(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()).with_tls(true)
+}
+
+fn admitted(verdict: Verdict<'_>) -> Vec<RequestEdit<'_>> {
+    match verdict {
+        Verdict::Admit(edits) => edits,
+        other => panic!("expected admission, got {other:?}"),
+    }
+}
+
+fn refused(verdict: Verdict<'_>) -> (DenyReason, u16, Option<&'static str>) {
+    match verdict {
+        Verdict::Deny(denial) => (denial.reason, denial.status, denial.challenge),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+fn identity() -> RequestEdit<'static> {
+    RequestEdit::Set("x-wsgate-key-id", b"build-bot".to_vec())
+}
+
+#[test]
+fn a_key_in_the_query_is_verified_removed_and_replaced_by_its_id() {
+    let policy = policy();
+    let edits =
+        admitted(policy.decide(&handshake(&format!("/ws?room=1&access_token={KEY}&x=%2F"), &[]), NOW));
+    assert_eq!(edits, vec![RequestEdit::Set(":path", b"/ws?room=1&x=%2F".to_vec()), identity()]);
+}
+
+#[test]
+fn a_key_in_a_cookie_is_verified_and_removed_from_its_line() {
+    let policy = policy();
+    let request = handshake("/ws", &[("cookie", "a=1"), ("cookie", &format!("ws_token={KEY}; b=2"))]);
+    let edits = admitted(policy.decide(&request, NOW));
+    assert_eq!(edits, vec![RequestEdit::Lines("cookie", vec![b"a=1".to_vec(), b"b=2".to_vec()]), identity()]);
+}
+
+#[test]
+fn a_key_in_a_header_is_verified_and_the_header_removed() {
+    let policy = policy();
+    let edits =
+        admitted(policy.decide(&handshake("/ws", &[("authorization", &format!("Bearer {KEY}"))]), NOW));
+    assert_eq!(edits, vec![RequestEdit::Remove("authorization"), identity()]);
+}
+
+#[test]
+fn a_key_in_a_subprotocol_is_verified_and_only_its_entry_removed() {
+    let policy = policy();
+    let encoded = "ay03ZjNhOWM"; // base64url("k-7f3a9c"), no padding
+    let request = handshake("/ws", &[("sec-websocket-protocol", &format!("chat, {K8S}{encoded}"))]);
+    let edits = admitted(policy.decide(&request, NOW));
+    assert_eq!(edits, vec![RequestEdit::Set("sec-websocket-protocol", b"chat".to_vec()), identity()]);
+}
+
+#[test]
+fn a_forged_identity_header_is_removed_before_the_verified_one_is_set() {
+    let policy = policy();
+    let request = handshake(&format!("/ws?access_token={KEY}"), &[("x-wsgate-key-id", "admin")]);
+    let edits = admitted(policy.decide(&request, NOW));
+    assert_eq!(
+        edits,
+        vec![RequestEdit::Remove("x-wsgate-key-id"), RequestEdit::Set(":path", b"/ws".to_vec()), identity()]
+    );
+}
+
+#[test]
+fn with_strip_false_the_credential_stays_and_the_identity_is_still_set() {
+    let policy = policy_with(r#", "strip": false"#);
+    let edits = admitted(policy.decide(&handshake(&format!("/ws?access_token={KEY}"), &[]), NOW));
+    assert_eq!(edits, vec![identity()]);
+}
+
+#[test]
+fn without_a_credential_the_handshake_gets_401_and_a_plain_challenge() {
+    assert_eq!(
+        refused(policy().decide(&handshake("/ws?room=1", &[]), NOW)),
+        (DenyReason::TokenMissing, 401, Some("Bearer realm=\"wsgate\""))
+    );
+}
+
+#[test]
+fn a_wrong_key_gets_401_with_invalid_token() {
+    assert_eq!(
+        refused(policy().decide(&handshake("/ws?access_token=k-guess", &[]), NOW)),
+        (DenyReason::ApiKeyInvalid, 401, Some("Bearer realm=\"wsgate\", error=\"invalid_token\""))
+    );
+}
+
+#[test]
+fn a_key_that_is_a_prefix_or_extension_of_a_real_one_is_refused() {
+    for guess in ["k-7f3a9", "k-7f3a9c0", " k-7f3a9c", "K-7F3A9C"] {
+        let path = format!("/ws?access_token={}", guess.replace(' ', "+"));
+        assert_eq!(
+            refused(policy().decide(&handshake(&path, &[]), NOW)).0,
+            DenyReason::ApiKeyInvalid,
+            "{guess:?}"
+        );
+    }
+}
+
+#[test]
+fn every_configured_key_is_accepted_with_its_own_id() {
+    let policy = policy();
+    let edits = admitted(policy.decide(&handshake(&format!("/ws?access_token={OTHER_KEY}"), &[]), NOW));
+    assert_eq!(edits.last(), Some(&RequestEdit::Set("x-wsgate-key-id", b"other".to_vec())));
+}
+
+#[test]
+fn an_invalid_credential_is_not_rescued_by_a_valid_one_in_a_later_source() {
+    let request = handshake("/ws?access_token=k-guess", &[("authorization", &format!("Bearer {KEY}"))]);
+    assert_eq!(refused(policy().decide(&request, NOW)).0, DenyReason::ApiKeyInvalid);
+    let malformed_first =
+        handshake("/ws", &[("cookie", "ws_token="), ("authorization", &format!("Bearer {KEY}"))]);
+    assert_eq!(refused(policy().decide(&malformed_first, NOW)).0, DenyReason::TokenMalformed);
+}
+
+#[test]
+fn a_credential_given_twice_in_one_place_is_refused_even_if_valid() {
+    let cases = [
+        handshake(&format!("/ws?access_token={KEY}&access_token={KEY}"), &[]),
+        handshake("/ws", &[("cookie", &format!("ws_token={KEY}")), ("cookie", &format!("ws_token={KEY}"))]),
+        handshake(
+            "/ws",
+            &[("authorization", &format!("Bearer {KEY}")), ("authorization", &format!("Bearer {KEY}"))],
+        ),
+    ];
+    for request in &cases {
+        assert_eq!(refused(policy().decide(request, NOW)).0, DenyReason::TokenDuplicated, "{request:?}");
+    }
+}
+
+#[test]
+fn a_header_without_its_prefix_is_malformed() {
+    let request = handshake("/ws", &[("authorization", &format!("Basic {KEY}"))]);
+    assert_eq!(refused(policy().decide(&request, NOW)).0, DenyReason::TokenMalformed);
+}
+
+#[test]
+fn the_origin_is_checked_before_the_credential() {
+    let request_headers = vec![
+        ("connection".to_string(), b"upgrade".to_vec()),
+        ("upgrade".to_string(), b"websocket".to_vec()),
+        ("origin".to_string(), b"https://evil.example".to_vec()),
+        (":path".to_string(), format!("/ws?access_token={KEY}").into_bytes()),
+    ];
+    let request = Request::new(request_headers).with_tls(true);
+    let (reason, status, challenge) = refused(policy().decide(&request, NOW));
+    assert_eq!((reason, status, challenge), (DenyReason::OriginNotAllowed, 403, None));
+}
+
+#[test]
+fn the_deny_status_and_identity_header_can_be_configured() {
+    let policy = policy_with(r#", "deny_status": 403, "key_id_header": "X-Client-Id""#);
+    assert_eq!(refused(policy.decide(&handshake("/ws", &[]), NOW)).1, 403);
+    let edits = admitted(policy.decide(&handshake(&format!("/ws?access_token={KEY}"), &[]), NOW));
+    assert_eq!(edits.last(), Some(&RequestEdit::Set("x-client-id", b"build-bot".to_vec())));
+}
+
+#[test]
+fn ordinary_requests_need_no_credential() {
+    let request = Request::new(vec![(":path".into(), b"/page".to_vec())]).with_tls(true);
+    assert_eq!(policy().decide(&request, NOW), Verdict::Pass);
+}
+
+#[test]
+fn bad_auth_configurations_are_refused_with_the_field_named() {
+    let hash = sha256_hex(KEY);
+    let keys = format!(r#""api_keys": [{{"id": "a", "sha256": "{hash}"}}]"#);
+    let cases: Vec<(String, &str, &str)> = vec![
+        (format!(r#"{{"sources": [], {keys}}}"#), "auth.sources", "is empty"),
+        (format!(r#"{{"sources": [{{}}], {keys}}}"#), "auth.sources[0]", "exactly one of"),
+        (
+            format!(r#"{{"sources": [{{"query": "a", "cookie": "b"}}], {keys}}}"#),
+            "auth.sources[0]",
+            "exactly one of",
+        ),
+        (
+            format!(r#"{{"sources": [{{"query": "a", "prefix": "Bearer "}}], {keys}}}"#),
+            "auth.sources[0].prefix",
+            "only with",
+        ),
+        (
+            format!(r#"{{"sources": [{{"query": "a"}}, {{"query": "a"}}], {keys}}}"#),
+            "auth.sources[1]",
+            "twice",
+        ),
+        (
+            format!(r#"{{"sources": [{{"header": "bad header"}}], {keys}}}"#),
+            "auth.sources[0].header",
+            "not a header name",
+        ),
+        (format!(r#"{{"sources": [{{"header": "Cookie"}}], {keys}}}"#), "auth.sources[0].header", "need"),
+        (
+            format!(r#"{{"sources": [{{"cookie": "a b"}}], {keys}}}"#),
+            "auth.sources[0].cookie",
+            "not a valid name",
+        ),
+        (format!(r#"{{"sources": [{{"path": "a"}}], {keys}}}"#), "auth.sources[0].path", "unknown field"),
+        (r#"{"sources": [{"query": "a"}]}"#.to_string(), "auth.api_keys", "is empty"),
+        (
+            r#"{"sources": [{"query": "a"}], "api_keys": [{"id": "a", "sha256": "abc"}]}"#.to_string(),
+            "auth.api_keys[0].sha256",
+            "64 hexadecimal",
+        ),
+        (
+            format!(
+                r#"{{"sources": [{{"query": "a"}}], "api_keys": [{{"id": "a", "sha256": "+{}"}}]}}"#,
+                &hash[1..]
+            ),
+            "auth.api_keys[0].sha256",
+            "64 hexadecimal",
+        ),
+        (
+            format!(
+                r#"{{"sources": [{{"query": "a"}}], "api_keys": [{{"id": "a", "sha256": "{hash}"}}, {{"id": "a", "sha256": "{hash}"}}]}}"#
+            ),
+            "auth.api_keys[1].id",
+            "twice",
+        ),
+        (
+            format!(
+                r#"{{"sources": [{{"query": "a"}}], "api_keys": [{{"id": "a b", "sha256": "{hash}"}}]}}"#
+            ),
+            "auth.api_keys[0].id",
+            "not an id",
+        ),
+        (
+            format!(r#"{{"sources": [{{"query": "a"}}], {keys}, "api_keys_extra": 1}}"#),
+            "auth.api_keys_extra",
+            "unknown field",
+        ),
+        (
+            format!(r#"{{"sources": [{{"query": "a"}}], {keys}, "key_id_header": "bad header"}}"#),
+            "auth.key_id_header",
+            "not a header name",
+        ),
+        (
+            format!(r#"{{"sources": [{{"header": "x-key"}}], {keys}, "key_id_header": "X-Key"}}"#),
+            "auth.key_id_header",
+            "credential source",
+        ),
+        (
+            format!(r#"{{"sources": [{{"query": "a"}}], {keys}, "deny_status": 302}}"#),
+            "auth.deny_status",
+            "400-599",
+        ),
+        (
+            format!(r#"{{"sources": [{{"query": "a"}}], {keys}, "jwt": {{"algorithms": ["RS256"]}}}}"#),
+            "auth.jwt",
+            "not available yet",
+        ),
+    ];
+    for (auth, field, problem) in &cases {
+        let json = format!(r#"{{"allowed_origins": ["https://a.example"], "auth": {auth}}}"#);
+        let error = match Policy::from_json(json.as_bytes()) {
+            Ok(_) => panic!("accepted: {auth}"),
+            Err(error) => error,
+        };
+        assert_eq!(error.field, *field, "{auth}: {error}");
+        assert!(error.problem.contains(problem), "{auth}: {error}");
+    }
+}
