@@ -54,10 +54,10 @@ pub struct Config {
 pub struct AuthConfig {
     /// Where to look, in order; the first one present carries the credential. Required.
     pub sources: Vec<SourceConfig>,
-    /// JSON Web Tokens. Not available yet: a configuration that sets it is refused.
+    /// JSON Web Tokens (JWS compact serialization). Defaults to none.
     #[serde(default)]
-    pub jwt: Option<serde_json::Value>,
-    /// API keys, by the SHA-256 of the key. Defaults to none.
+    pub jwt: Option<JwtConfig>,
+    /// API keys, by the SHA-256 of the key. Defaults to none. `jwt`, `api_keys` or both.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
     /// The header that carries the verified API key's `id` to the upstream. Defaults to
@@ -70,6 +70,50 @@ pub struct AuthConfig {
     /// Status of the reply to a missing or invalid credential, 400 to 599. Defaults to 401.
     #[serde(default = "default_auth_deny_status")]
     pub deny_status: u16,
+}
+
+/// `auth.jwt`: which tokens are accepted, with which keys, for whom.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The JWS algorithms accepted (`RS256`, `ES256`, `EdDSA`, ...). Required; never `none`.
+    pub algorithms: Vec<String>,
+    /// The verification keys, as a JWK Set (RFC 7517 section 5). Required.
+    pub jwks: JwksConfig,
+    /// Accepted `iss` values. Required: a token from another issuer is refused.
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; the token's `aud` must share one. Required: without it, a token
+    /// the issuer made for another service would be accepted here.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, at most 300. Defaults to 60 seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Refuse tokens without `exp`. Defaults to true.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    /// The longest token accepted, in bytes. Defaults to 8192.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Verified claims forwarded as headers. Defaults to none.
+    #[serde(default)]
+    pub claims_to_headers: Vec<ClaimHeader>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// Each key is a JWK object; members this version does not use (`x5c`, `x5t`) are ignored,
+    /// as RFC 7517 section 4 asks.
+    pub keys: Vec<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeader {
+    /// A top-level claim whose value is a string or a number.
+    pub claim: String,
+    /// The header the upstream receives it in.
+    pub header: String,
 }
 
 /// One place a credential may travel. Exactly one of `query`, `cookie`, `header` and
@@ -217,6 +261,14 @@ fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+
+fn default_max_token_bytes() -> usize {
+    8192
 }
 
 fn default_key_id_header() -> String {

@@ -48,8 +48,18 @@ impl Default for ResponsePlan {
 }
 
 impl Policy {
-    /// Checks and compiles a configuration. Every error names the field it is about.
+    /// Checks and compiles a configuration. Every error names the field it is about. Secrets
+    /// named by `k_env` are read from the process environment (in Envoy, the VM's
+    /// `environment_variables`).
     pub fn compile(config: Config) -> Result<Policy, ConfigError> {
+        Policy::compile_with_env(config, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Policy::compile`] with the environment given as a lookup function.
+    pub fn compile_with_env(
+        config: Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Policy, ConfigError> {
         if config.allowed_origins.is_empty() {
             return Err(ConfigError::new("allowed_origins", "is empty; list at least one origin"));
         }
@@ -70,7 +80,7 @@ impl Policy {
             None => None,
         };
         let auth = match &config.auth {
-            Some(auth) => Some(Auth::compile(auth)?),
+            Some(auth) => Some(Auth::compile(auth, env)?),
             None => None,
         };
         Ok(Policy {
@@ -93,14 +103,14 @@ impl Policy {
 
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch.
     /// The transport is checked first (403), then the origin (403), then the credential (401).
-    pub fn decide(&self, request: &Request, _now: u64) -> Verdict<'_> {
+    pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
         if !request.is_upgrade() {
             return Verdict::Pass;
         }
         let checked = self
             .check_transport(request)
             .and_then(|()| self.check_origin(request))
-            .and_then(|()| self.auth.as_ref().map_or(Ok(Vec::new()), |auth| auth.check(request)));
+            .and_then(|()| self.auth.as_ref().map_or(Ok(Vec::new()), |auth| auth.check(request, now)));
         match checked {
             Ok(edits) => Verdict::Admit(edits),
             Err(reason) => Verdict::Deny(self.denial(reason)),
@@ -167,7 +177,15 @@ impl Policy {
                 body: UNAUTHORIZED_BODY,
                 challenge: Some(CHALLENGE),
             },
-            DenyReason::TokenMalformed | DenyReason::TokenDuplicated | DenyReason::ApiKeyInvalid => Denial {
+            DenyReason::TokenMalformed
+            | DenyReason::TokenDuplicated
+            | DenyReason::ApiKeyInvalid
+            | DenyReason::TokenExpired
+            | DenyReason::TokenNotYetValid
+            | DenyReason::TokenBadSignature
+            | DenyReason::TokenUnknownKey
+            | DenyReason::TokenBadIssuer
+            | DenyReason::TokenBadAudience => Denial {
                 reason,
                 status: self.auth.as_ref().map_or(401, Auth::deny_status),
                 body: UNAUTHORIZED_BODY,

@@ -57,6 +57,18 @@ pub enum DenyReason {
     TokenDuplicated,
     /// A credential that matches no configured API key.
     ApiKeyInvalid,
+    /// A JWT whose `exp` (plus leeway) has passed.
+    TokenExpired,
+    /// A JWT whose `nbf` (minus leeway) has not come yet.
+    TokenNotYetValid,
+    /// A JWT whose signature does not verify with the key(s) that fit it.
+    TokenBadSignature,
+    /// A JWT that no configured key fits (`kid` unknown, or of another key type).
+    TokenUnknownKey,
+    /// A JWT from an issuer not in `issuers`.
+    TokenBadIssuer,
+    /// A JWT for none of the `audiences`.
+    TokenBadAudience,
     /// wsgate holds no valid configuration: upgrades are refused, never passed.
     NoPolicy,
 }
@@ -94,6 +106,12 @@ impl DenyReason {
             DenyReason::TokenMalformed => "token_malformed",
             DenyReason::TokenDuplicated => "token_duplicated",
             DenyReason::ApiKeyInvalid => "api_key_invalid",
+            DenyReason::TokenExpired => "token_expired",
+            DenyReason::TokenNotYetValid => "token_not_yet_valid",
+            DenyReason::TokenBadSignature => "token_bad_signature",
+            DenyReason::TokenUnknownKey => "token_unknown_key",
+            DenyReason::TokenBadIssuer => "token_bad_issuer",
+            DenyReason::TokenBadAudience => "token_bad_audience",
             DenyReason::NoPolicy => "no_policy",
         }
     }

@@ -1,6 +1,8 @@
 //! The handshake's credential: where it comes from ([`source`]), how it is verified, and what
 //! the upstream gets instead of it (the verified identity, never the credential).
 
+pub mod jwk;
+pub mod jwt;
 pub mod source;
 
 use sha2::{Digest, Sha256};
@@ -11,12 +13,14 @@ use crate::csp::is_tchar;
 use crate::error::ConfigError;
 use crate::request::Request;
 use crate::verdict::{DenyReason, RequestEdit};
+use jwt::JwtVerifier;
 use source::{Lookup, Source};
 
 /// The compiled `auth`.
 #[derive(Clone, Debug)]
 pub struct Auth {
     sources: Vec<Source>,
+    jwt: Option<JwtVerifier>,
     api_keys: Vec<ApiKey>,
     key_id_header: String,
     strip: bool,
@@ -34,7 +38,8 @@ const RESERVED_HEADERS: &[&str] =
     &["connection", "upgrade", "host", "content-length", "transfer-encoding", "te", "cookie", "origin"];
 
 impl Auth {
-    pub fn compile(config: &AuthConfig) -> Result<Auth, ConfigError> {
+    /// Compiles `auth`; `env` reads the VM's environment (for JWT secrets in `k_env`).
+    pub fn compile(config: &AuthConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Auth, ConfigError> {
         if config.sources.is_empty() {
             return Err(ConfigError::new("auth.sources", "is empty; name where the credential travels"));
         }
@@ -47,13 +52,12 @@ impl Auth {
             }
             sources.push(compiled);
         }
-        if config.jwt.is_some() {
-            let problem = "JWT verification is not available yet; a configuration that needs it is refused \
-                           rather than run without it. Use api_keys";
-            return Err(ConfigError::new("auth.jwt", problem));
-        }
-        if config.api_keys.is_empty() {
-            return Err(ConfigError::new("auth.api_keys", "is empty; list the keys' SHA-256 hashes"));
+        let jwt = match &config.jwt {
+            Some(jwt) => Some(JwtVerifier::compile(jwt, env)?),
+            None => None,
+        };
+        if jwt.is_none() && config.api_keys.is_empty() {
+            return Err(ConfigError::new("auth", "verifies nothing; give \"jwt\", \"api_keys\" or both"));
         }
         let mut api_keys: Vec<ApiKey> = Vec::new();
         for (index, key) in config.api_keys.iter().enumerate() {
@@ -79,16 +83,36 @@ impl Auth {
             let problem = format!("{} is not a client or server error status (400-599)", config.deny_status);
             return Err(ConfigError::new("auth.deny_status", problem));
         }
-        Ok(Auth { sources, api_keys, key_id_header, strip: config.strip, deny_status: config.deny_status })
+        if let Some(jwt) = &jwt {
+            if jwt.identity_headers().any(|header| header == key_id_header) {
+                let problem = "is also a claims_to_headers header";
+                return Err(ConfigError::new("auth.key_id_header", problem));
+            }
+            for header in jwt.identity_headers() {
+                if sources.iter().any(|s| matches!(s, Source::Header { name, .. } if name == header)) {
+                    let problem = format!("{header:?} is also a credential source");
+                    return Err(ConfigError::new("auth.jwt.claims_to_headers", problem));
+                }
+            }
+        }
+        Ok(Auth {
+            sources,
+            jwt,
+            api_keys,
+            key_id_header,
+            strip: config.strip,
+            deny_status: config.deny_status,
+        })
     }
 
     pub fn deny_status(&self) -> u16 {
         self.deny_status
     }
 
-    /// Checks the request's credential. On success, the edits that remove any identity header
-    /// the client sent, remove the credential (with `strip`) and forward the verified identity.
-    pub fn check(&self, request: &Request) -> Result<Vec<RequestEdit<'_>>, DenyReason> {
+    /// Checks the request's credential at `now` (seconds since the Unix epoch). On success, the
+    /// edits that remove any identity header the client sent, remove the credential (with
+    /// `strip`) and forward the verified identity.
+    pub fn check(&self, request: &Request, now: u64) -> Result<Vec<RequestEdit<'_>>, DenyReason> {
         // The first source present carries the credential; one that is present but invalid is
         // refused, never rescued by a later source.
         let found = self.sources.iter().map(|source| source.lookup(request)).find(|l| *l != Lookup::Absent);
@@ -98,16 +122,36 @@ impl Auth {
             Some(Lookup::Malformed) => return Err(DenyReason::TokenMalformed),
             Some(Lookup::Found { credential, strip }) => (credential, strip),
         };
-        let key = self.verify_api_key(&credential).ok_or(DenyReason::ApiKeyInvalid)?;
-        let mut edits = Vec::with_capacity(3);
-        if request.values(&self.key_id_header).next().is_some() {
-            edits.push(RequestEdit::Remove(&self.key_id_header));
+        let identity = self.verify(&credential, now)?;
+        let mut edits = Vec::with_capacity(identity.len() + 3);
+        let forgeable =
+            self.jwt.iter().flat_map(JwtVerifier::identity_headers).chain([self.key_id_header.as_str()]);
+        for header in forgeable {
+            if request.values(header).next().is_some() {
+                edits.push(RequestEdit::Remove(header));
+            }
         }
         if self.strip {
             edits.push(strip);
         }
-        edits.push(RequestEdit::Set(&self.key_id_header, key.id.as_bytes().to_vec()));
+        edits.extend(identity.into_iter().map(|(header, value)| RequestEdit::Set(header, value)));
         Ok(edits)
+    }
+
+    /// Verifies a credential; returns the identity headers to forward. With both JWT and API
+    /// keys configured, a credential of three dot-separated segments is read as a JWT.
+    fn verify(&self, credential: &[u8], now: u64) -> Result<Vec<(&str, Vec<u8>)>, DenyReason> {
+        let looks_like_jwt = credential.iter().filter(|&&b| b == b'.').count() == 2;
+        match &self.jwt {
+            Some(jwt) if self.api_keys.is_empty() || looks_like_jwt => {
+                let claims = jwt.verify(credential, now)?;
+                jwt.identity(&claims)
+            }
+            _ => {
+                let key = self.verify_api_key(credential).ok_or(DenyReason::ApiKeyInvalid)?;
+                Ok(vec![(self.key_id_header.as_str(), key.id.as_bytes().to_vec())])
+            }
+        }
     }
 
     /// The key whose hash matches, comparing with every configured hash in constant time and

@@ -120,12 +120,20 @@ pub fn listener_yaml(name: &str, port: u16, plugin_json: &str, tls: Option<&TlsF
                 vm_config:
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: {wasm}}}}}
+                  environment_variables:
+                    key_values: {{WSGATE_TEST_HS_SECRET: "{secret}"}}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
-        wasm = wasm_path().display()
+        wasm = wasm_path().display(),
+        secret = hmac_secret()
     )
+}
+
+/// The test HMAC secret (base64url), which every test VM finds in `WSGATE_TEST_HS_SECRET`.
+pub fn hmac_secret() -> String {
+    std::fs::read_to_string(repo().join("tests/keys/hmac.secret")).unwrap().trim().to_string()
 }
 
 /// A whole bootstrap: the given listeners, an `upstream` cluster at `upstream`, an admin port.

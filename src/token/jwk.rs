@@ -1,0 +1,329 @@
+//! JWS algorithms (RFC 7518) and verification keys from a JWK Set (RFC 7517), each key bound at
+//! load to the algorithms its type allows. The binding is what stops algorithm confusion: an RSA
+//! public key can never serve as an HMAC secret, whatever a token's header says.
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+use hmac::{Hmac, KeyInit, Mac};
+use rsa::signature::Verifier;
+use rsa::traits::SignatureScheme;
+use rsa::{Pkcs1v15Sign, Pss};
+use serde::Deserialize;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+use crate::error::ConfigError;
+
+/// The JWS algorithms wsgate verifies. `none` is not one of them, and never will be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+const ALL: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl Algorithm {
+    /// The algorithm named exactly `name` (`alg` values are case-sensitive, RFC 7515 4.1.1).
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        ALL.into_iter().find(|alg| alg.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+const HMAC_FITS: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA_FITS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// The public part of a key (or an HMAC secret), parsed once.
+#[derive(Clone, Debug)]
+enum Material {
+    Hmac(Vec<u8>),
+    Rsa(rsa::PublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+/// A verification key and the algorithms it may verify.
+#[derive(Clone, Debug)]
+pub struct Jwk {
+    pub kid: Option<String>,
+    material: Material,
+    algorithms: Vec<Algorithm>,
+}
+
+/// The JWK members wsgate reads; others are ignored (RFC 7517 section 4).
+#[derive(Deserialize)]
+struct Members {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    key_ops: Option<Vec<String>>,
+    crv: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+    x: Option<String>,
+    y: Option<String>,
+    k: Option<String>,
+    k_env: Option<String>,
+    d: Option<String>,
+}
+
+/// The smallest RSA modulus accepted, in bits (NIST SP 800-131A).
+const RSA_MIN_BITS: usize = 2048;
+/// The largest: bigger keys only cost time on every request.
+const RSA_MAX_BITS: usize = 8192;
+/// The shortest HMAC secret accepted: the output size of SHA-256 (RFC 7518 section 3.2).
+const HMAC_MIN_BYTES: usize = 32;
+
+impl Jwk {
+    /// Parses one JWK of the configured set. `allowed` are the configured algorithms; `env`
+    /// reads the VM's environment, for `k_env`.
+    pub fn compile(
+        value: &serde_json::Value,
+        allowed: &[Algorithm],
+        field: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Jwk, ConfigError> {
+        let err = |member: &str, problem: String| {
+            let at = if member.is_empty() { field.to_string() } else { format!("{field}.{member}") };
+            ConfigError::new(at, problem)
+        };
+        let members =
+            Members::deserialize(value).map_err(|e| err("", format!("is not a usable JWK: {e}")))?;
+        if members.d.is_some() {
+            return Err(err("d", "is private key material; give only the public key".to_string()));
+        }
+        if members.use_.as_deref().is_some_and(|u| u != "sig") {
+            return Err(err("use", "is not \"sig\"; this key is not for signatures".to_string()));
+        }
+        if members.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
+            return Err(err("key_ops", "does not include \"verify\"".to_string()));
+        }
+        let bytes = |member: &str, value: &Option<String>| -> Result<Vec<u8>, ConfigError> {
+            let text = value.as_deref().ok_or_else(|| err(member, "is missing".to_string()))?;
+            Base64UrlUnpadded::decode_vec(text)
+                .map_err(|_| err(member, "is not base64url without padding".to_string()))
+        };
+        let (material, fits): (Material, &'static [Algorithm]) =
+            match (members.kty.as_str(), members.crv.as_deref()) {
+                ("RSA", _) => {
+                    let n = bytes("n", &members.n)?;
+                    let e = bytes("e", &members.e)?;
+                    let bits = u32::try_from(n.len() * 8).map_err(|_| err("n", "is too long".to_string()))?;
+                    let n = rsa::BoxedUint::from_be_slice(&n, bits)
+                        .map_err(|_| err("n", "is not a modulus".to_string()))?;
+                    let e = rsa::BoxedUint::from_be_slice(&e, 64)
+                        .map_err(|_| err("e", "is too long".to_string()))?;
+                    let key = rsa::PublicKey::new_with_size_limits(n, e, RSA_MIN_BITS..=RSA_MAX_BITS)
+                        .map_err(|e| {
+                            err(
+                                "n",
+                                format!(
+                                    "is not an RSA public key of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits: {e}"
+                                ),
+                            )
+                        })?;
+                    (Material::Rsa(key), RSA_FITS)
+                }
+                ("EC", Some("P-256")) => {
+                    let point = sec1_point(&bytes("x", &members.x)?, &bytes("y", &members.y)?, 32)
+                        .ok_or_else(|| err("", "x and y are not 32 bytes each".to_string()))?;
+                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .map_err(|_| err("", "x and y are not a point on P-256".to_string()))?;
+                    (Material::P256(key), &[Algorithm::ES256])
+                }
+                ("EC", Some("P-384")) => {
+                    let point = sec1_point(&bytes("x", &members.x)?, &bytes("y", &members.y)?, 48)
+                        .ok_or_else(|| err("", "x and y are not 48 bytes each".to_string()))?;
+                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                        .map_err(|_| err("", "x and y are not a point on P-384".to_string()))?;
+                    (Material::P384(key), &[Algorithm::ES384])
+                }
+                ("OKP", Some("Ed25519")) => {
+                    let x: [u8; 32] = bytes("x", &members.x)?
+                        .try_into()
+                        .map_err(|_| err("x", "is not 32 bytes".to_string()))?;
+                    let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
+                        .map_err(|_| err("x", "is not an Ed25519 public key".to_string()))?;
+                    (Material::Ed25519(key), &[Algorithm::EdDSA])
+                }
+                ("oct", _) => {
+                    let secret = match (&members.k, &members.k_env) {
+                        (Some(_), None) => bytes("k", &members.k)?,
+                        (None, Some(name)) => {
+                            let value = env(name).ok_or_else(|| {
+                                err(
+                                    "k_env",
+                                    format!("names {name:?}, which is not set in the VM's environment"),
+                                )
+                            })?;
+                            Base64UrlUnpadded::decode_vec(value.trim()).map_err(|_| {
+                                err("k_env", format!("{name:?} does not hold base64url without padding"))
+                            })?
+                        }
+                        _ => {
+                            return Err(err(
+                                "",
+                                "an oct key needs exactly one of \"k\" and \"k_env\"".to_string(),
+                            ))
+                        }
+                    };
+                    if secret.len() < HMAC_MIN_BYTES {
+                        let problem = format!(
+                            "the secret is {} bytes; HMAC needs at least {HMAC_MIN_BYTES}",
+                            secret.len()
+                        );
+                        return Err(err("", problem));
+                    }
+                    (Material::Hmac(secret), HMAC_FITS)
+                }
+                (kty, crv) => {
+                    let problem = format!("kty {kty:?} with crv {crv:?} is not a key type wsgate verifies");
+                    return Err(err("kty", problem));
+                }
+            };
+        let declared = match &members.alg {
+            Some(name) => {
+                let alg = Algorithm::from_name(name)
+                    .filter(|alg| fits.contains(alg))
+                    .ok_or_else(|| err("alg", format!("{name:?} does not fit a {} key", members.kty)))?;
+                vec![alg]
+            }
+            None => fits.to_vec(),
+        };
+        let algorithms: Vec<Algorithm> = declared.into_iter().filter(|alg| allowed.contains(alg)).collect();
+        if algorithms.is_empty() {
+            let problem = format!("a {} key fits none of the configured algorithms", members.kty);
+            return Err(err("", problem));
+        }
+        Ok(Jwk { kid: members.kid, material, algorithms })
+    }
+
+    /// Whether this key may verify a token signed with `alg`.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        self.algorithms.contains(&alg)
+    }
+
+    /// Verifies a JWS signature over `input` (the ASCII `header.payload`). `alg` must be one the
+    /// key fits; any other combination is false.
+    pub fn verify(&self, alg: Algorithm, input: &[u8], signature: &[u8]) -> bool {
+        if !self.fits(alg) {
+            return false;
+        }
+        match (&self.material, alg) {
+            (Material::Hmac(secret), Algorithm::HS256) => {
+                hmac_verify::<Hmac<Sha256>>(secret, input, signature)
+            }
+            (Material::Hmac(secret), Algorithm::HS384) => {
+                hmac_verify::<Hmac<Sha384>>(secret, input, signature)
+            }
+            (Material::Hmac(secret), Algorithm::HS512) => {
+                hmac_verify::<Hmac<Sha512>>(secret, input, signature)
+            }
+            (Material::Rsa(key), Algorithm::RS256) => {
+                rsa_verify(key, Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input), signature)
+            }
+            (Material::Rsa(key), Algorithm::RS384) => {
+                rsa_verify(key, Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(input), signature)
+            }
+            (Material::Rsa(key), Algorithm::RS512) => {
+                rsa_verify(key, Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(input), signature)
+            }
+            // PSS with MGF1 over the same hash and a salt of the hash's size (RFC 7518 3.5).
+            (Material::Rsa(key), Algorithm::PS256) => {
+                rsa_verify(key, Pss::<Sha256>::new(), &Sha256::digest(input), signature)
+            }
+            (Material::Rsa(key), Algorithm::PS384) => {
+                rsa_verify(key, Pss::<Sha384>::new(), &Sha384::digest(input), signature)
+            }
+            (Material::Rsa(key), Algorithm::PS512) => {
+                rsa_verify(key, Pss::<Sha512>::new(), &Sha512::digest(input), signature)
+            }
+            // JWS carries ECDSA signatures as R || S, fixed length (RFC 7518 section 3.4).
+            (Material::P256(key), Algorithm::ES256) => {
+                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(input, &sig).is_ok())
+            }
+            (Material::P384(key), Algorithm::ES384) => {
+                p384::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(input, &sig).is_ok())
+            }
+            // verify_strict refuses small-order keys and non-canonical signatures (RFC 8032 5.1.7).
+            (Material::Ed25519(key), Algorithm::EdDSA) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify_strict(input, &sig).is_ok()),
+            _ => false,
+        }
+    }
+}
+
+/// An uncompressed SEC1 point from JWK coordinates of `size` bytes each.
+fn sec1_point(x: &[u8], y: &[u8], size: usize) -> Option<Vec<u8>> {
+    if x.len() != size || y.len() != size {
+        return None;
+    }
+    let mut point = Vec::with_capacity(1 + 2 * size);
+    point.push(0x04);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    Some(point)
+}
+
+/// HMAC compared in constant time (`verify_slice`).
+fn hmac_verify<M: Mac + KeyInit>(secret: &[u8], input: &[u8], signature: &[u8]) -> bool {
+    match <M as KeyInit>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(input);
+            mac.verify_slice(signature).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+fn rsa_verify<S: SignatureScheme>(key: &rsa::PublicKey, scheme: S, hashed: &[u8], signature: &[u8]) -> bool {
+    key.verify(scheme, hashed, signature).is_ok()
+}
