@@ -306,3 +306,215 @@ fn bad_auth_configurations_are_refused_with_the_field_named() {
         assert!(error.problem.contains(problem), "{auth}: {error}");
     }
 }
+
+const JWKS: &str = include_str!("keys/jwks.json");
+const HMAC_SECRET: &str = include_str!("keys/hmac.secret");
+
+/// The test key with this kid, as JSON text.
+fn jwk(kid: &str) -> String {
+    let jwks: serde_json::Value = serde_json::from_str(JWKS).unwrap();
+    jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap().to_string()
+}
+
+/// An `auth` with a query source and a `jwt` made of `jwt_members` (JSON object members).
+fn jwt_auth(jwt_members: &str) -> String {
+    format!(
+        r#"{{"allowed_origins": ["https://a.example"],
+            "auth": {{"sources": [{{"query": "t"}}], "jwt": {{{jwt_members}}}}}}}"#
+    )
+}
+
+const WHO: &str = r#""issuers": ["https://issuer.example"], "audiences": ["chat"]"#;
+
+#[test]
+fn bad_jwt_configurations_are_refused_with_the_field_named() {
+    let rsa = jwk("rsa-1");
+    let ec = jwk("ec-256");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!(r#""algorithms": [], "jwks": {{"keys": [{rsa}]}}, {WHO}"#),
+            "auth.jwt.algorithms",
+            "is empty",
+        ),
+        (
+            format!(r#""algorithms": ["none"], "jwks": {{"keys": [{rsa}]}}, {WHO}"#),
+            "auth.jwt.algorithms[0]",
+            "never accepted",
+        ),
+        (
+            format!(r#""algorithms": ["RS256", "rs256"], "jwks": {{"keys": [{rsa}]}}, {WHO}"#),
+            "auth.jwt.algorithms[1]",
+            "is not one of",
+        ),
+        (
+            format!(r#""algorithms": ["RS256", "RS256"], "jwks": {{"keys": [{rsa}]}}, {WHO}"#),
+            "auth.jwt.algorithms[1]",
+            "twice",
+        ),
+        (
+            format!(r#""algorithms": ["RS256"], "jwks": {{"keys": []}}, {WHO}"#),
+            "auth.jwt.jwks.keys",
+            "is empty",
+        ),
+        (
+            format!(r#""algorithms": ["ES256"], "jwks": {{"keys": [{rsa}]}}, {WHO}"#),
+            "auth.jwt.jwks.keys[0]",
+            "fits none of the configured algorithms",
+        ),
+        (
+            format!(r#""algorithms": ["HS256"], "jwks": {{"keys": [{ec}]}}, {WHO}"#),
+            "auth.jwt.jwks.keys[0]",
+            "fits none",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{}]}}, {WHO}"#,
+                rsa.replacen('{', r#"{"alg": "ES256","#, 1)
+            ),
+            "auth.jwt.jwks.keys[0].alg",
+            "does not fit a RSA key",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{}]}}, {WHO}"#,
+                rsa.replacen('{', r#"{"d": "AQAB","#, 1)
+            ),
+            "auth.jwt.jwks.keys[0].d",
+            "private key",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{}]}}, {WHO}"#,
+                rsa.replacen('{', r#"{"use": "enc","#, 1)
+            ),
+            "auth.jwt.jwks.keys[0].use",
+            "not \"sig\"",
+        ),
+        (
+            format!(r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}, {rsa}]}}, {WHO}"#),
+            "auth.jwt.jwks.keys[1].kid",
+            "earlier key",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{{"kty": "RSA", "n": "AQAB", "e": "AQAB"}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0].n",
+            "2048",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{{"kty": "RSA", "n": "A+B", "e": "AQAB"}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0].n",
+            "base64url",
+        ),
+        (
+            format!(
+                r#""algorithms": ["ES256"], "jwks": {{"keys": [{{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0]",
+            "32 bytes",
+        ),
+        (
+            format!(
+                r#""algorithms": ["ES256"], "jwks": {{"keys": [{{"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0].kty",
+            "not a key type",
+        ),
+        (
+            format!(
+                r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "k": "c2hvcnQ"}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0]",
+            "at least 32",
+        ),
+        (
+            format!(
+                r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "k_env": "WSGATE_NO_SUCH_VARIABLE"}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0].k_env",
+            "not set",
+        ),
+        (
+            format!(r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct"}}]}}, {WHO}"#),
+            "auth.jwt.jwks.keys[0]",
+            "exactly one of",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, "issuers": [], "audiences": ["chat"]"#
+            ),
+            "auth.jwt.issuers",
+            "is empty",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, "issuers": ["i"], "audiences": []"#
+            ),
+            "auth.jwt.audiences",
+            "is empty",
+        ),
+        (
+            format!(r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, {WHO}, "leeway_seconds": 301"#),
+            "auth.jwt.leeway_seconds",
+            "300",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, {WHO}, "claims_to_headers": [{{"claim": "sub", "header": "x y"}}]"#
+            ),
+            "auth.jwt.claims_to_headers[0].header",
+            "not a header name",
+        ),
+        (
+            format!(
+                r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, {WHO}, "claims_to_headers": [{{"claim": "sub", "header": "x-wsgate-key-id"}}]"#
+            ),
+            "auth.key_id_header",
+            "claims_to_headers",
+        ),
+        (
+            format!(r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, {WHO}, "audience": "chat""#),
+            "auth.jwt.audience",
+            "unknown field",
+        ),
+    ];
+    for (members, field, problem) in &cases {
+        let error = match Policy::from_json(jwt_auth(members).as_bytes()) {
+            Ok(_) => panic!("accepted: {members}"),
+            Err(error) => error,
+        };
+        assert_eq!(error.field, *field, "{members}: {error}");
+        assert!(error.problem.contains(problem), "{members}: {error}");
+    }
+}
+
+#[test]
+fn an_hmac_secret_can_come_from_the_environment_instead_of_the_configuration() {
+    let members = format!(
+        r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "k_env": "WSGATE_HS_SECRET"}}]}}, {WHO}"#
+    );
+    let config: wsgate::Config = wsgate::Config::from_json(jwt_auth(&members).as_bytes()).unwrap();
+    let secret = HMAC_SECRET.trim().to_string();
+    let env = move |name: &str| (name == "WSGATE_HS_SECRET").then(|| secret.clone());
+    assert!(Policy::compile_with_env(config, &env).is_ok());
+}
+
+#[test]
+fn with_jwt_and_api_keys_a_three_segment_credential_is_read_as_a_jwt_and_others_as_keys() {
+    let json = format!(
+        r#"{{"allowed_origins": ["https://app.example.com"],
+            "auth": {{"sources": [{{"query": "access_token"}}],
+                     "jwt": {{"algorithms": ["RS256"], "jwks": {{"keys": [{}]}}, {WHO}}},
+                     "api_keys": [{{"id": "build-bot", "sha256": "{}"}}]}}}}"#,
+        jwk("rsa-1"),
+        sha256_hex(KEY)
+    );
+    let policy = Policy::from_json(json.as_bytes()).unwrap();
+    let key = policy.decide(&handshake(&format!("/ws?access_token={KEY}"), &[]), NOW);
+    assert_eq!(admitted(key).last(), Some(&identity()));
+    let not_a_token = policy.decide(&handshake("/ws?access_token=a.b.c", &[]), NOW);
+    assert_eq!(refused(not_a_token).0, DenyReason::TokenMalformed);
+}

@@ -38,7 +38,9 @@ fn config() -> String {
         "allowed_origins": ["https://app.example.com"],
         "require_tls": false,
         "auth": {
-            "sources": [{"query": "access_token"}, {"cookie": "ws_token"}],
+            "sources": [{"query": "access_token"}, {"cookie": "ws_token"},
+                        {"header": "authorization", "prefix": "Bearer "},
+                        {"subprotocol": "base64url.bearer.authorization.k8s.io."}],
             "jwt": {
                 "algorithms": ["RS256", "ES256", "HS256"],
                 "jwks": {"keys": keys},
@@ -141,4 +143,29 @@ async fn every_refused_jwt_gets_401_with_its_reason_in_the_log_and_never_reaches
         let signature = token.rsplit('.').next().unwrap();
         assert!(signature.len() < 10 || !gate.envoy.log().contains(signature), "a token reached Envoy's log");
     }
+}
+
+#[tokio::test]
+async fn a_jwt_in_the_authorization_header_admits_the_socket_and_the_header_is_removed() {
+    let gate = Gate::start(&[&config()]).await;
+    let bearer = format!("Bearer {}", sign(Algorithm::RS256, "rsa-1", claims(300)));
+    let mut socket = ws_connect(gate.port(), "/ws", &[ALLOWED, ("authorization", &bearer)]).await.unwrap();
+    assert_eq!(ws_echo(&mut socket, "hi").await, "hi");
+    let seen = &gate.upstream_requests()[0];
+    assert_eq!(seen.header_values("authorization"), Vec::<&str>::new());
+    assert_eq!(seen.header_values("x-wsgate-subject"), vec!["user-17"]);
+}
+
+#[tokio::test]
+async fn a_jwt_in_a_subprotocol_admits_the_socket_and_the_applications_protocol_remains() {
+    let gate = Gate::start(&[&config()]).await;
+    let token = sign(Algorithm::ES256, "ec-256", claims(300));
+    let encoded = base64ct::Base64UrlUnpadded::encode_string(token.as_bytes());
+    let protocols = format!("chat.v2, base64url.bearer.authorization.k8s.io.{encoded}");
+    let mut socket =
+        ws_connect(gate.port(), "/ws", &[ALLOWED, ("sec-websocket-protocol", &protocols)]).await.unwrap();
+    assert_eq!(ws_echo(&mut socket, "hi").await, "hi");
+    let seen = &gate.upstream_requests()[0];
+    assert_eq!(seen.header_values("sec-websocket-protocol"), vec!["chat.v2"]);
+    assert_eq!(seen.header_values("x-wsgate-subject"), vec!["user-17"]);
 }
