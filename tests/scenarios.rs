@@ -2,6 +2,8 @@
 //! These also run compiled to wasm32 under Node (`make test-wasm`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+mod common;
+
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -247,11 +249,7 @@ fn bad_configurations_are_refused_with_the_field_named() {
         ),
         (r#"{"allowed_origins": ["https://a.example"]} trailing"#, "configuration", "trailing"),
     ];
-    for (json, field, problem) in cases {
-        let error = Policy::from_json(json.as_bytes()).unwrap_err();
-        assert_eq!(error.field, *field, "{json}: {error}");
-        assert!(error.problem.contains(problem), "{json}: {error}");
-    }
+    common::assert_refused(cases, str::to_string);
 }
 
 #[test]

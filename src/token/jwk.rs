@@ -151,6 +151,13 @@ impl Jwk {
             Base64UrlUnpadded::decode_vec(text)
                 .map_err(|_| err(member, "is not base64url without padding".to_string()))
         };
+        // An EC key's x and y, `size` bytes each, as an uncompressed SEC1 point.
+        let ec_point = |size: usize| -> Result<Vec<u8>, ConfigError> {
+            let (x, y) = (bytes("x", &members.x)?, bytes("y", &members.y)?);
+            sec1_point(&x, &y, size).ok_or_else(|| err("", format!("x and y are not {size} bytes each")))
+        };
+        let off_curve =
+            || err("", format!("x and y are not a point on {}", members.crv.as_deref().unwrap_or("?")));
         let (material, fits): (Material, &'static [Algorithm]) =
             match (members.kty.as_str(), members.crv.as_deref()) {
                 ("RSA", _) => {
@@ -173,17 +180,13 @@ impl Jwk {
                     (Material::Rsa(key), RSA_FITS)
                 }
                 ("EC", Some("P-256")) => {
-                    let point = sec1_point(&bytes("x", &members.x)?, &bytes("y", &members.y)?, 32)
-                        .ok_or_else(|| err("", "x and y are not 32 bytes each".to_string()))?;
-                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                        .map_err(|_| err("", "x and y are not a point on P-256".to_string()))?;
+                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(32)?)
+                        .map_err(|_| off_curve())?;
                     (Material::P256(key), &[Algorithm::ES256])
                 }
                 ("EC", Some("P-384")) => {
-                    let point = sec1_point(&bytes("x", &members.x)?, &bytes("y", &members.y)?, 48)
-                        .ok_or_else(|| err("", "x and y are not 48 bytes each".to_string()))?;
-                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                        .map_err(|_| err("", "x and y are not a point on P-384".to_string()))?;
+                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(48)?)
+                        .map_err(|_| off_curve())?;
                     (Material::P384(key), &[Algorithm::ES384])
                 }
                 ("OKP", Some("Ed25519")) => {
