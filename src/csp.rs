@@ -7,6 +7,7 @@
 
 use crate::config::{CspConfig, CspDirectives};
 use crate::error::ConfigError;
+use crate::headers::is_tchar;
 
 /// A policy ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,11 +270,6 @@ fn check(
         warnings.push(format!("{}: {name} allows \"*\": pages may connect anywhere", directive.field));
     }
     Ok(())
-}
-
-/// RFC 9110 `tchar`: the characters of a token.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// CSP3 section 2.3.1 `source-expression`.

@@ -2,7 +2,7 @@
 //! a few header edits per response.
 
 use crate::config::{OnExisting, ResponseHeadersConfig};
-use crate::csp::{self, is_tchar};
+use crate::csp;
 use crate::error::ConfigError;
 
 const FIELD: &str = "response_headers";
@@ -199,6 +199,11 @@ impl ResponseHeaders {
         }
         edits
     }
+}
+
+/// RFC 9110 section 5.6.2 `tchar`: the characters of a token, such as a header name.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A header value must be one line of visible ASCII (RFC 9110 section 5.5), no surrounding

@@ -214,18 +214,18 @@ impl Policy {
 
     /// A one-line description of what was compiled, for the log at load.
     pub fn summary(&self) -> String {
+        let auth = self.auth.as_ref().map_or_else(|| "none".to_string(), Auth::summary);
         format!(
-            "{} allowed origin entries, missing_origin={:?}, null_origin={:?}, deny_status={}, \
-             require_tls={}, trust_forwarded_proto={}, {} response headers",
+            "{} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
+             require_tls={}, trust_forwarded_proto={}, {} response headers, auth: {auth}",
             self.origins.len(),
-            self.missing_origin,
-            self.null_origin,
+            format!("{:?}", self.missing_origin).to_lowercase(),
+            format!("{:?}", self.null_origin).to_lowercase(),
             self.deny_status,
             self.require_tls,
             self.trust_forwarded_proto,
             self.response_headers.as_ref().map_or(0, ResponseHeaders::len),
         )
-        .to_lowercase()
     }
 }
 

@@ -5,8 +5,8 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 use serde_json::{Map, Value};
 
 use crate::config::JwtConfig;
-use crate::csp::is_tchar;
 use crate::error::ConfigError;
+use crate::headers::is_tchar;
 use crate::token::jwk::{Algorithm, Jwk};
 use crate::verdict::DenyReason;
 
@@ -118,6 +118,12 @@ impl JwtVerifier {
             max_bytes: config.max_token_bytes,
             claims_to_headers,
         })
+    }
+
+    /// The algorithms and the number of keys: `RS256,ES256 (3 keys)`.
+    pub fn summary(&self) -> String {
+        let names: Vec<&str> = self.algorithms.iter().map(|alg| alg.name()).collect();
+        format!("{} ({} keys)", names.join(","), self.keys.len())
     }
 
     /// The headers that carry verified claims (a client's copy of them is always removed).

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::{AuthConfig, SourceConfig};
-use crate::csp::is_tchar;
 use crate::error::ConfigError;
+use crate::headers::is_tchar;
 use crate::request::Request;
 use crate::verdict::{DenyReason, RequestEdit};
 use jwt::JwtVerifier;
@@ -103,6 +103,17 @@ impl Auth {
             strip: config.strip,
             deny_status: config.deny_status,
         })
+    }
+
+    /// What is verified, for the configuration summary: `api_keys=2 jwt=RS256,ES256`.
+    pub fn summary(&self) -> String {
+        let jwt = self.jwt.as_ref().map(JwtVerifier::summary).unwrap_or_else(|| "none".to_string());
+        format!(
+            "sources={} api_keys={} jwt={jwt} strip={}",
+            self.sources.len(),
+            self.api_keys.len(),
+            self.strip
+        )
     }
 
     pub fn deny_status(&self) -> u16 {
