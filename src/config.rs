@@ -12,6 +12,14 @@ use crate::error::ConfigError;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Names this configuration's counters: `wsgate.<stat_prefix>.<name>`, so that two
+    /// listeners are told apart. Lower-case letters, digits and `_`. Defaults to `default`.
+    #[serde(default = "default_stat_prefix")]
+    pub stat_prefix: String,
+    /// `enforce` refuses what the policy refuses; `shadow` makes, counts and logs every
+    /// decision and lets every request go on unchanged. Defaults to `enforce`.
+    #[serde(default)]
+    pub mode: Mode,
     /// Origins allowed to open a WebSocket: RFC 6454 serialized origins
     /// (`scheme://host[:port]`), where the left-most host label may be `*` (exactly one label)
     /// or `**` (one or more), and the port may be `*`. Required and non-empty.
@@ -200,6 +208,23 @@ pub struct ExtraHeader {
     pub value: String,
 }
 
+/// Whether a policy's decisions are carried out.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Mode, String> {
+        choose(&value, &[("enforce", Mode::Enforce), ("shadow", Mode::Shadow)])
+    }
+}
+
 /// What to do where the upstream's response already has the header.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(try_from = "String")]
@@ -257,6 +282,10 @@ fn choose<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
     }
     let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
     Err(format!("unknown value {value:?}, expected one of {}", names.join(", ")))
+}
+
+fn default_stat_prefix() -> String {
+    "default".to_string()
 }
 
 fn default_true() -> bool {

@@ -5,23 +5,58 @@
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::headers::{HeaderEdit, Response};
 use crate::policy::{decide, plan_response, respond, Policy, ResponsePlan};
 use crate::request::Request;
+use crate::stats::{Counter, CONFIG_REJECTIONS};
 use crate::verdict::{RequestEdit, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { policy: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { policy: None, counters: Rc::new(Counters::default()) })
+    });
 }}
 
 /// One per plugin configuration and VM. Holds the compiled policy, shared with every stream.
 struct Root {
     /// `None` until a configuration compiled. Streams then refuse upgrades (fail closed).
     policy: Option<Rc<Policy>>,
+    counters: Rc<Counters>,
+}
+
+/// Envoy's ids of the counters the core names, in [`Counter::index`] order.
+#[derive(Default)]
+struct Counters {
+    ids: Vec<u32>,
+}
+
+impl Counters {
+    /// Defines (or finds: every VM shares a counter of the same name) each counter.
+    fn define(names: &[String]) -> Counters {
+        let ids = names.iter().map(|name| define_counter(name).unwrap_or(u32::MAX)).collect();
+        Counters { ids }
+    }
+
+    fn add(&self, counter: Counter, amount: usize) {
+        if let Some(&id) = self.ids.get(counter.index()) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(amount).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+fn define_counter(name: &str) -> Option<u32> {
+    match hostcalls::define_metric(MetricType::Counter, name) {
+        Ok(id) => Some(id),
+        Err(status) => {
+            log::warn!("counter {name} could not be defined: {status:?}");
+            None
+        }
+    }
 }
 
 impl Context for Root {}
@@ -35,6 +70,9 @@ impl RootContext for Root {
                 for warning in policy.warnings() {
                     log::warn!("configuration weakens itself: {warning}");
                 }
+                let counters = Counters::define(policy.stat_names());
+                counters.add(Counter::ConfigLoads, 1);
+                self.counters = Rc::new(counters);
                 self.policy = Some(Rc::new(policy));
                 true
             }
@@ -42,13 +80,20 @@ impl RootContext for Root {
                 // Returning false makes Envoy refuse this configuration; a policy loaded earlier
                 // (if any) keeps serving.
                 log::error!("configuration rejected: {error}");
+                if let Some(id) = define_counter(CONFIG_REJECTIONS) {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
                 false
             }
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { policy: self.policy.clone(), plan: ResponsePlan::default() }))
+        Some(Box::new(Stream {
+            policy: self.policy.clone(),
+            counters: Rc::clone(&self.counters),
+            plan: ResponsePlan::default(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -59,6 +104,7 @@ impl RootContext for Root {
 /// One per HTTP request (and, after an upgrade, per WebSocket).
 struct Stream {
     policy: Option<Rc<Policy>>,
+    counters: Rc<Counters>,
     /// What the core decided about the response, kept from the request callback.
     plan: ResponsePlan,
 }
@@ -96,8 +142,14 @@ impl HttpContext for Stream {
         let policy = self.policy.as_deref();
         let verdict = decide(policy, &request, now);
         self.plan = plan_response(policy, &request, &verdict);
+        if let Some(line) = verdict.log_line(&request) {
+            log::warn!("{line}");
+        }
+        if let Some(counter) = Counter::for_verdict(&verdict) {
+            self.counters.add(counter, 1);
+        }
         match verdict {
-            Verdict::Pass => Action::Continue,
+            Verdict::Pass | Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => Action::Continue,
             Verdict::Admit(edits) => {
                 for edit in edits {
                     self.apply(edit);
@@ -105,7 +157,6 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             Verdict::Deny(denial) => {
-                log::warn!("{}", denial.log_line(&request));
                 self.send_http_response(
                     u32::from(denial.status),
                     denial.headers(),
@@ -118,7 +169,11 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let response = Response::new(self.get_http_response_headers_bytes());
-        for edit in respond(self.policy.as_deref(), self.plan, &response) {
+        let edits = respond(self.policy.as_deref(), self.plan, &response);
+        if !edits.is_empty() {
+            self.counters.add(Counter::ResponseHeadersAdded, edits.len());
+        }
+        for edit in edits {
             match edit {
                 HeaderEdit::Add(name, value) => self.add_http_response_header(name, value),
                 HeaderEdit::Set(name, value) => self.set_http_response_header(name, Some(value)),

@@ -2,7 +2,7 @@
 //! [`Policy::compile`], once per VM; [`Policy::decide`] and [`Policy::respond`] only look things
 //! up.
 
-use crate::config::{Admission, Config};
+use crate::config::{Admission, Config, Mode};
 use crate::error::ConfigError;
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
@@ -16,6 +16,11 @@ use crate::verdict::{
 /// A configuration checked and compiled for use on the request path.
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// The policy's name in log lines.
+    name: String,
+    mode: Mode,
+    /// Every counter's full name, in [`crate::stats::Counter::index`] order.
+    stat_names: Vec<String>,
     origins: OriginAllowList,
     missing_origin: Admission,
     null_origin: Admission,
@@ -83,7 +88,17 @@ impl Policy {
             Some(auth) => Some(Auth::compile(auth, env)?),
             None => None,
         };
+        let prefix = &config.stat_prefix;
+        if prefix.is_empty()
+            || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            let problem = format!("{prefix:?} is not lower-case letters, digits and '_'");
+            return Err(ConfigError::new("stat_prefix", problem));
+        }
         Ok(Policy {
+            name: "default".to_string(),
+            mode: config.mode,
+            stat_names: crate::stats::names(prefix),
             auth,
             origins,
             missing_origin: config.missing_origin,
@@ -111,10 +126,18 @@ impl Policy {
             .check_transport(request)
             .and_then(|()| self.check_origin(request))
             .and_then(|()| self.auth.as_ref().map_or(Ok(Vec::new()), |auth| auth.check(request, now)));
-        match checked {
-            Ok(edits) => Verdict::Admit(edits),
-            Err(reason) => Verdict::Deny(self.denial(reason)),
+        match (checked, self.mode) {
+            (Ok(edits), Mode::Enforce) => Verdict::Admit(edits),
+            (Err(reason), Mode::Enforce) => Verdict::Deny(self.denial(reason)),
+            // Shadow mode: decided and reported, but nothing is refused or changed.
+            (Ok(_), Mode::Shadow) => Verdict::ShadowAdmit,
+            (Err(reason), Mode::Shadow) => Verdict::ShadowDeny(self.denial(reason)),
         }
+    }
+
+    /// Every counter's full name, in [`crate::stats::Counter::index`] order.
+    pub fn stat_names(&self) -> &[String] {
+        &self.stat_names
     }
 
     /// Whether the request arrived over TLS, directly or (if trusted) through a load balancer.
@@ -164,18 +187,24 @@ impl Policy {
                 status: INSECURE_TRANSPORT_STATUS,
                 body: INSECURE_TRANSPORT_BODY,
                 challenge: None,
+                policy: &self.name,
             },
             DenyReason::OriginNotAllowed
             | DenyReason::OriginMissing
             | DenyReason::OriginNull
-            | DenyReason::OriginMalformed => {
-                Denial { reason, status: self.deny_status, body: &self.deny_body, challenge: None }
-            }
+            | DenyReason::OriginMalformed => Denial {
+                reason,
+                status: self.deny_status,
+                body: &self.deny_body,
+                challenge: None,
+                policy: &self.name,
+            },
             DenyReason::TokenMissing => Denial {
                 reason,
                 status: self.auth.as_ref().map_or(401, Auth::deny_status),
                 body: UNAUTHORIZED_BODY,
                 challenge: Some(CHALLENGE),
+                policy: &self.name,
             },
             DenyReason::TokenMalformed
             | DenyReason::TokenDuplicated
@@ -190,6 +219,7 @@ impl Policy {
                 status: self.auth.as_ref().map_or(401, Auth::deny_status),
                 body: UNAUTHORIZED_BODY,
                 challenge: Some(CHALLENGE_INVALID),
+                policy: &self.name,
             },
         }
     }
@@ -216,8 +246,9 @@ impl Policy {
     pub fn summary(&self) -> String {
         let auth = self.auth.as_ref().map_or_else(|| "none".to_string(), Auth::summary);
         format!(
-            "{} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
+            "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
              require_tls={}, trust_forwarded_proto={}, {} response headers, auth: {auth}",
+            format!("{:?}", self.mode).to_lowercase(),
             self.origins.len(),
             format!("{:?}", self.missing_origin).to_lowercase(),
             format!("{:?}", self.null_origin).to_lowercase(),
@@ -230,7 +261,13 @@ impl Policy {
 }
 
 fn no_policy_denial() -> Denial<'static> {
-    Denial { reason: DenyReason::NoPolicy, status: NO_POLICY_STATUS, body: NO_POLICY_BODY, challenge: None }
+    Denial {
+        reason: DenyReason::NoPolicy,
+        status: NO_POLICY_STATUS,
+        body: NO_POLICY_BODY,
+        challenge: None,
+        policy: "-",
+    }
 }
 
 /// Decides one request with whatever policy the VM holds. Without a valid policy (none was

@@ -12,6 +12,11 @@ pub enum Verdict<'p> {
     Admit(Vec<RequestEdit<'p>>),
     /// An upgrade the policy refuses: answered locally, the upstream never sees it.
     Deny(Denial<'p>),
+    /// A shadow-mode policy would admit this upgrade; it goes on unchanged.
+    ShadowAdmit,
+    /// A shadow-mode policy would refuse this upgrade; it is counted and logged, and goes on
+    /// unchanged.
+    ShadowDeny(Denial<'p>),
 }
 
 /// A change to the request headers before the upstream sees them.
@@ -33,6 +38,8 @@ pub struct Denial<'p> {
     pub body: &'p str,
     /// `WWW-Authenticate`, for a refused credential (RFC 6750 section 3).
     pub challenge: Option<&'static str>,
+    /// The name of the policy that decided.
+    pub policy: &'p str,
 }
 
 /// Why an upgrade was refused.
@@ -94,6 +101,26 @@ pub const REPLY_CONTENT_TYPE: &str = "text/plain";
 const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
+    /// Every reason, in a fixed order (stat names are made from it).
+    pub const ALL: [DenyReason; 16] = [
+        DenyReason::OriginNotAllowed,
+        DenyReason::OriginMissing,
+        DenyReason::OriginNull,
+        DenyReason::OriginMalformed,
+        DenyReason::InsecureTransport,
+        DenyReason::TokenMissing,
+        DenyReason::TokenMalformed,
+        DenyReason::TokenDuplicated,
+        DenyReason::ApiKeyInvalid,
+        DenyReason::TokenExpired,
+        DenyReason::TokenNotYetValid,
+        DenyReason::TokenBadSignature,
+        DenyReason::TokenUnknownKey,
+        DenyReason::TokenBadIssuer,
+        DenyReason::TokenBadAudience,
+        DenyReason::NoPolicy,
+    ];
+
     /// The word for this reason in logs (and, later, in stat names).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,24 +152,42 @@ impl Denial<'_> {
         headers
     }
 
-    /// One log line for this denial: the reason, the origin and the path without its query
-    /// string (where credentials travel). Request values are escaped and cut short, so a
-    /// hostile header cannot forge or flood log lines.
-    pub fn log_line(&self, request: &Request) -> String {
-        let origins: Vec<&[u8]> = request.values("origin").collect();
-        let origin = match origins.as_slice() {
-            [] => "-".to_string(),
-            values => values.iter().map(|v| excerpt(v)).collect::<Vec<_>>().join("\",\""),
+    /// One log line for this denial, in `key=value` form: the reason, the status, the policy
+    /// that decided, and the request's host, origin, path without its query string (where
+    /// credentials travel) and `x-request-id`. Request values are escaped and cut short, so a
+    /// hostile header cannot forge or flood log lines. No credential is ever part of it.
+    fn describe(&self, what: &str, request: &Request) -> String {
+        let quoted = |name: &str| {
+            let values: Vec<String> = request.values(name).map(excerpt).collect();
+            if values.is_empty() {
+                "-".to_string()
+            } else {
+                values.join("\",\"")
+            }
         };
         let path = request.path();
         let path = path.split(|&b| b == b'?').next().unwrap_or_default();
         format!(
-            "denied upgrade: reason={} status={} origin=\"{}\" path=\"{}\"",
+            "{what}: reason={} status={} policy={} host=\"{}\" origin=\"{}\" path=\"{}\" request_id=\"{}\"",
             self.reason.as_str(),
             self.status,
-            origin,
-            excerpt(path)
+            self.policy,
+            quoted(":authority"),
+            quoted("origin"),
+            excerpt(path),
+            quoted("x-request-id"),
         )
+    }
+}
+
+impl Verdict<'_> {
+    /// The log line for a refusal or a shadow refusal; none for the other verdicts.
+    pub fn log_line(&self, request: &Request) -> Option<String> {
+        match self {
+            Verdict::Deny(denial) => Some(denial.describe("denied upgrade", request)),
+            Verdict::ShadowDeny(denial) => Some(denial.describe("shadow mode, would deny upgrade", request)),
+            Verdict::Pass | Verdict::Admit(_) | Verdict::ShadowAdmit => None,
+        }
     }
 }
 
@@ -162,8 +207,14 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn denial() -> Denial<'static> {
-        Denial { reason: DenyReason::OriginNotAllowed, status: 403, body: "no", challenge: None }
+    fn denial() -> Verdict<'static> {
+        Verdict::Deny(Denial {
+            reason: DenyReason::OriginNotAllowed,
+            status: 403,
+            body: "no",
+            challenge: None,
+            policy: "default",
+        })
     }
 
     fn request(headers: &[(&str, &[u8])]) -> Request {
@@ -171,19 +222,35 @@ mod tests {
     }
 
     #[test]
-    fn the_log_line_names_reason_origin_and_path_without_query() {
-        let r = request(&[(":path", b"/ws?access_token=secret"), ("origin", b"https://evil.example")]);
-        let line = denial().log_line(&r);
+    fn the_log_line_names_reason_policy_host_origin_path_without_query_and_request_id() {
+        let r = request(&[
+            (":path", b"/ws?access_token=secret"),
+            (":authority", b"chat.example.com"),
+            ("origin", b"https://evil.example"),
+            ("x-request-id", b"r-1"),
+        ]);
+        let line = denial().log_line(&r).unwrap();
         assert_eq!(
             line,
-            "denied upgrade: reason=origin_not_allowed status=403 origin=\"https://evil.example\" path=\"/ws\""
+            "denied upgrade: reason=origin_not_allowed status=403 policy=default host=\"chat.example.com\" \
+             origin=\"https://evil.example\" path=\"/ws\" request_id=\"r-1\""
         );
+    }
+
+    #[test]
+    fn a_shadow_refusal_is_logged_as_one_and_an_admission_not_at_all() {
+        let Verdict::Deny(denial) = denial() else { unreachable!() };
+        let r = request(&[(":path", b"/ws")]);
+        let line = Verdict::ShadowDeny(denial).log_line(&r).unwrap();
+        assert!(line.starts_with("shadow mode, would deny upgrade: reason=origin_not_allowed"), "{line}");
+        assert_eq!(Verdict::ShadowAdmit.log_line(&r), None);
+        assert_eq!(Verdict::Admit(Vec::new()).log_line(&r), None);
     }
 
     #[test]
     fn the_log_line_escapes_control_bytes_quotes_and_non_ascii() {
         let r = request(&[(":path", b"/ws"), ("origin", b"https://e\"vil\x1b\xff")]);
-        let line = denial().log_line(&r);
+        let line = denial().log_line(&r).unwrap();
         assert!(line.contains(r#"origin="https://e\"vil\x1b\xff""#), "{line}");
     }
 
@@ -191,12 +258,12 @@ mod tests {
     fn the_log_line_cuts_long_values_short() {
         let long = vec![b'a'; 10_000];
         let r = request(&[(":path", b"/"), ("origin", &long)]);
-        assert!(denial().log_line(&r).len() < 400);
+        assert!(denial().log_line(&r).unwrap().len() < 400);
     }
 
     #[test]
     fn the_log_line_marks_a_missing_origin() {
         let r = request(&[(":path", b"/ws")]);
-        assert!(denial().log_line(&r).contains("origin=\"-\""));
+        assert!(denial().log_line(&r).unwrap().contains("origin=\"-\""));
     }
 }

@@ -154,7 +154,7 @@ async fn ordinary_requests_pass_untouched_whatever_their_origin() {
 }
 
 #[tokio::test]
-async fn a_denial_is_logged_once_with_reason_origin_and_path_but_not_the_query() {
+async fn a_denial_is_logged_once_with_reason_policy_host_origin_request_id_and_path_but_not_the_query() {
     let gate = Gate::start(&[CONFIG]).await;
     let status = ws_connect(gate.port(), "/chat?access_token=s3cr3t", &[("origin", "https://evil.example")])
         .await
@@ -163,8 +163,13 @@ async fn a_denial_is_logged_once_with_reason_origin_and_path_but_not_the_query()
     let lines: Vec<String> =
         gate.envoy.wsgate_log().into_iter().filter(|l| l.contains("denied upgrade")).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0]
-        .contains(r#"reason=origin_not_allowed status=403 origin="https://evil.example" path="/chat""#));
+    let expected = format!(
+        r#"denied upgrade: reason=origin_not_allowed status=403 policy=default host="127.0.0.1:{}" origin="https://evil.example" path="/chat" request_id=""#,
+        gate.port()
+    );
+    assert!(lines[0].contains(&expected), "{}", lines[0]);
+    // Envoy gives every request an x-request-id, which ties the line to the access log.
+    assert!(!lines[0].contains(r#"request_id="-""#), "{}", lines[0]);
     assert!(!gate.envoy.log().contains("s3cr3t"), "the query string reached the log");
 }
 

@@ -47,7 +47,7 @@ fn handshake(origin: Option<&[u8]>) -> Request {
 fn reason(verdict: &Verdict<'_>) -> Option<DenyReason> {
     match verdict {
         Verdict::Deny(denial) => Some(denial.reason),
-        Verdict::Pass | Verdict::Admit(_) => None,
+        Verdict::Pass | Verdict::Admit(_) | Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => None,
     }
 }
 
@@ -200,6 +200,38 @@ fn forwarded_proto_counts_as_tls_only_when_trusted() {
 }
 
 #[test]
+fn shadow_mode_reports_a_refusal_but_lets_the_request_go_on() {
+    let shadow = policy(r#"{"allowed_origins": ["https://app.example.com"], "mode": "shadow"}"#);
+    match shadow.decide(&handshake(Some(b"https://evil.example")), NOW) {
+        Verdict::ShadowDeny(denial) => assert_eq!(denial.reason, DenyReason::OriginNotAllowed),
+        other => panic!("expected a shadow refusal, got {other:?}"),
+    }
+    assert_eq!(shadow.decide(&handshake(Some(b"https://app.example.com")), NOW), Verdict::ShadowAdmit);
+}
+
+#[test]
+fn shadow_mode_changes_nothing_in_an_admitted_request() {
+    let json = r#"{"allowed_origins": ["https://app.example.com"], "mode": "shadow",
+        "auth": {"sources": [{"query": "t"}],
+                 "api_keys": [{"id": "a", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]}}"#;
+    let request = request(&[
+        (":path", b"/ws?t=k-7f3a9c"),
+        ("connection", b"upgrade"),
+        ("upgrade", b"websocket"),
+        ("origin", b"https://app.example.com"),
+    ]);
+    assert_eq!(policy(json).decide(&request, NOW), Verdict::ShadowAdmit);
+}
+
+#[test]
+fn counters_are_named_after_the_stat_prefix() {
+    let edge = policy(r#"{"allowed_origins": ["https://a.example"], "stat_prefix": "edge"}"#);
+    assert!(edge.stat_names().contains(&"wsgate.edge.denied.origin_not_allowed".to_string()));
+    let default = policy(r#"{"allowed_origins": ["https://a.example"]}"#);
+    assert!(default.stat_names().contains(&"wsgate.default.allowed".to_string()));
+}
+
+#[test]
 fn bad_configurations_are_refused_with_the_field_named() {
     let cases: &[(&str, &str, &str)] = &[
         ("", "configuration", "is empty"),
@@ -248,6 +280,17 @@ fn bad_configurations_are_refused_with_the_field_named() {
             "invalid value",
         ),
         (r#"{"allowed_origins": ["https://a.example"]} trailing"#, "configuration", "trailing"),
+        (
+            r#"{"allowed_origins": ["https://a.example"], "mode": "dry-run"}"#,
+            "mode",
+            r#"expected one of "enforce", "shadow""#,
+        ),
+        (
+            r#"{"allowed_origins": ["https://a.example"], "stat_prefix": "Edge.1"}"#,
+            "stat_prefix",
+            "lower-case",
+        ),
+        (r#"{"allowed_origins": ["https://a.example"], "stat_prefix": ""}"#, "stat_prefix", "lower-case"),
     ];
     common::assert_refused(cases, str::to_string);
 }

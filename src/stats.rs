@@ -1,0 +1,137 @@
+//! The counters wsgate keeps, and their names. The shell defines one Envoy counter per name at
+//! load and increments the one the core points at; every VM that defines the same name shares
+//! the counter.
+//!
+//! Names follow Envoy's conventions: `wsgate.<stat_prefix>.<name>`, lower case, underscores.
+//! Envoy shows a module's counters at `/stats` under `wasmcustom.` and at `/stats/prometheus`
+//! without it: `wasmcustom.wsgate.edge.denied.origin_not_allowed` is
+//! `wsgate_edge_denied_origin_not_allowed`.
+
+use crate::verdict::{DenyReason, Verdict};
+
+/// One counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Handshakes admitted.
+    Allowed,
+    /// Handshakes refused, per reason.
+    Denied(DenyReason),
+    /// Handshakes a shadow-mode policy would have admitted.
+    ShadowAllowed,
+    /// Handshakes a shadow-mode policy would have refused, per reason; they went on.
+    ShadowDenied(DenyReason),
+    /// Security headers added to responses.
+    ResponseHeadersAdded,
+    /// Configurations loaded (once per VM).
+    ConfigLoads,
+}
+
+/// Configurations refused. Not under a `stat_prefix`: a refused configuration has none.
+pub const CONFIG_REJECTIONS: &str = "wsgate.config_rejections";
+
+const FIXED: usize = 4;
+const REASONS: usize = DenyReason::ALL.len();
+
+impl Counter {
+    /// Every counter, in index order.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        [Counter::Allowed, Counter::ShadowAllowed, Counter::ResponseHeadersAdded, Counter::ConfigLoads]
+            .into_iter()
+            .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
+            .chain(DenyReason::ALL.into_iter().map(Counter::ShadowDenied))
+    }
+
+    /// The counter's place in [`names`].
+    pub fn index(self) -> usize {
+        match self {
+            Counter::Allowed => 0,
+            Counter::ShadowAllowed => 1,
+            Counter::ResponseHeadersAdded => 2,
+            Counter::ConfigLoads => 3,
+            Counter::Denied(reason) => FIXED + reason_index(reason),
+            Counter::ShadowDenied(reason) => FIXED + REASONS + reason_index(reason),
+        }
+    }
+
+    /// The name after `wsgate.<stat_prefix>.`.
+    fn suffix(self) -> String {
+        match self {
+            Counter::Allowed => "allowed".to_string(),
+            Counter::ShadowAllowed => "shadow_allowed".to_string(),
+            Counter::ResponseHeadersAdded => "response_headers_added".to_string(),
+            Counter::ConfigLoads => "config_loads".to_string(),
+            Counter::Denied(reason) => format!("denied.{}", reason.as_str()),
+            Counter::ShadowDenied(reason) => format!("shadow_denied.{}", reason.as_str()),
+        }
+    }
+
+    /// The counter that a verdict moves, if any (requests that are not upgrades move none).
+    pub fn for_verdict(verdict: &Verdict<'_>) -> Option<Counter> {
+        match verdict {
+            Verdict::Pass => None,
+            Verdict::Admit(_) => Some(Counter::Allowed),
+            Verdict::Deny(denial) => Some(Counter::Denied(denial.reason)),
+            Verdict::ShadowAdmit => Some(Counter::ShadowAllowed),
+            Verdict::ShadowDeny(denial) => Some(Counter::ShadowDenied(denial.reason)),
+        }
+    }
+}
+
+/// Each reason's place in [`DenyReason::ALL`]; a match, so that a new reason cannot be left out.
+fn reason_index(reason: DenyReason) -> usize {
+    match reason {
+        DenyReason::OriginNotAllowed => 0,
+        DenyReason::OriginMissing => 1,
+        DenyReason::OriginNull => 2,
+        DenyReason::OriginMalformed => 3,
+        DenyReason::InsecureTransport => 4,
+        DenyReason::TokenMissing => 5,
+        DenyReason::TokenMalformed => 6,
+        DenyReason::TokenDuplicated => 7,
+        DenyReason::ApiKeyInvalid => 8,
+        DenyReason::TokenExpired => 9,
+        DenyReason::TokenNotYetValid => 10,
+        DenyReason::TokenBadSignature => 11,
+        DenyReason::TokenUnknownKey => 12,
+        DenyReason::TokenBadIssuer => 13,
+        DenyReason::TokenBadAudience => 14,
+        DenyReason::NoPolicy => 15,
+    }
+}
+
+/// Every counter's full name, in index order, for `stat_prefix`.
+pub fn names(stat_prefix: &str) -> Vec<String> {
+    Counter::all().map(|counter| format!("wsgate.{stat_prefix}.{}", counter.suffix())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn every_counter_has_the_index_of_its_place_in_the_list() {
+        for (place, counter) in Counter::all().enumerate() {
+            assert_eq!(counter.index(), place, "{counter:?}");
+        }
+        assert_eq!(Counter::all().count(), FIXED + 2 * REASONS);
+    }
+
+    #[test]
+    fn names_follow_envoys_conventions() {
+        let names = names("edge");
+        assert_eq!(names[Counter::Allowed.index()], "wsgate.edge.allowed");
+        assert_eq!(
+            names[Counter::Denied(DenyReason::OriginNotAllowed).index()],
+            "wsgate.edge.denied.origin_not_allowed"
+        );
+        assert_eq!(
+            names[Counter::ShadowDenied(DenyReason::TokenExpired).index()],
+            "wsgate.edge.shadow_denied.token_expired"
+        );
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b"._".contains(&b))));
+    }
+}
