@@ -5,17 +5,53 @@
 //! never leave a protection silently switched off.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ConfigError;
 
-/// The whole plugin configuration.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole plugin configuration. Two forms: the keys of one policy at the top level (which is
+/// then the `default` policy), or `policies` (each with a `match`) and/or `default`.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Names this configuration's counters: `wsgate.<stat_prefix>.<name>`, so that two
     /// listeners are told apart. Lower-case letters, digits and `_`. Defaults to `default`.
-    #[serde(default = "default_stat_prefix")]
     pub stat_prefix: String,
+    /// Policies for some hosts and paths; the first that matches a request decides.
+    pub policies: Vec<ScopedPolicyConfig>,
+    /// The policy for requests that match none. Without one, such upgrades are refused.
+    pub default: Option<PolicyConfig>,
+    /// Whether `default` was given as the top level (the single-policy form), so that its
+    /// errors name top-level fields.
+    pub default_is_top_level: bool,
+}
+
+/// A policy that applies to some hosts and paths.
+#[derive(Clone, Debug)]
+pub struct ScopedPolicyConfig {
+    /// Its name in log lines. Defaults to `policies[<index>]`.
+    pub name: Option<String>,
+    pub matches: MatchConfig,
+    pub policy: PolicyConfig,
+}
+
+/// `match`: which requests a policy applies to. Both parts must match; an empty part matches all.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Host names, exact or with a left-most `*` label (`*.internal.example`), compared without
+    /// the port and case-insensitively. Defaults to every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// A path prefix on segment boundaries: `/ws` matches `/ws` and `/ws/x`, not `/wsx`.
+    /// Defaults to every path.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+}
+
+/// One policy: what an upgrade must satisfy, and what ordinary responses get.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
     /// `enforce` refuses what the policy refuses; `shadow` makes, counts and logs every
     /// decision and lets every request go on unchanged. Defaults to `enforce`.
     #[serde(default)]
@@ -378,27 +414,92 @@ fn default_deny_body() -> String {
 
 impl Config {
     /// Parses the JSON text of a plugin configuration. An error names the JSON path of the
-    /// offending value (`allowed_origins[1]`), or the key that is not known.
+    /// offending value (`policies[0].allowed_origins[1]`), or the key that is not known.
     pub fn from_json(json: &[u8]) -> Result<Config, ConfigError> {
-        match json.iter().find(|b| !b.is_ascii_whitespace()) {
-            None => {
-                let problem = "is empty; wsgate needs at least `allowed_origins`";
-                return Err(ConfigError::new("configuration", problem));
-            }
-            // serde would also read a struct from a JSON array, by position: refuse that form.
-            Some(b'{') => {}
-            Some(_) => {
-                let problem = "invalid type: the configuration must be a JSON object";
-                return Err(ConfigError::new("configuration", problem));
-            }
+        if json.iter().all(u8::is_ascii_whitespace) {
+            let problem = "is empty; wsgate needs at least `allowed_origins`";
+            return Err(ConfigError::new("configuration", problem));
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let config: Config = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            let field = if path == "." { "configuration".to_string() } else { path };
-            ConfigError::new(field, error.into_inner().to_string())
-        })?;
-        deserializer.end().map_err(|error| ConfigError::new("configuration", error.to_string()))?;
-        Ok(config)
+        let value: Value =
+            serde_json::from_slice(json).map_err(|e| ConfigError::new("configuration", e.to_string()))?;
+        // Read as an object only: serde would also read a struct from an array, by position.
+        let Value::Object(mut top) = value else {
+            return Err(ConfigError::new(
+                "configuration",
+                "invalid type: the configuration must be a JSON object",
+            ));
+        };
+        let stat_prefix = match top.remove("stat_prefix") {
+            None => default_stat_prefix(),
+            Some(Value::String(prefix)) => prefix,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "stat_prefix",
+                    format!("invalid type: {other}, expected a string"),
+                ))
+            }
+        };
+        let (policies, default) = (top.remove("policies"), top.remove("default"));
+        if policies.is_none() && default.is_none() {
+            let policy = parse(Value::Object(top), "")?;
+            return Ok(Config {
+                stat_prefix,
+                policies: Vec::new(),
+                default: Some(policy),
+                default_is_top_level: true,
+            });
+        }
+        if let Some(key) = top.keys().next() {
+            let problem = "with \"policies\" or \"default\", a policy's settings go inside them";
+            return Err(ConfigError::new(key.clone(), problem));
+        }
+        let policies = match policies {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(index, item)| scoped(item, index))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(ConfigError::new("policies", "invalid type: expected a list of policies")),
+        };
+        let default = default.map(|value| parse(value, "default")).transpose()?;
+        Ok(Config { stat_prefix, policies, default, default_is_top_level: false })
     }
+}
+
+/// One entry of `policies`: `match`, an optional `name`, and a policy's keys.
+fn scoped(item: Value, index: usize) -> Result<ScopedPolicyConfig, ConfigError> {
+    let field = format!("policies[{index}]");
+    let Value::Object(mut members) = item else {
+        return Err(ConfigError::new(field, "invalid type: expected a policy object"));
+    };
+    let matches = members.remove("match").ok_or_else(|| {
+        ConfigError::new(
+            format!("{field}.match"),
+            "is missing; a policy in `policies` needs one (or use `default`)",
+        )
+    })?;
+    let matches = parse(matches, &format!("{field}.match"))?;
+    let name = match members.remove("name") {
+        None => None,
+        Some(Value::String(name)) => Some(name),
+        Some(_) => return Err(ConfigError::new(format!("{field}.name"), "invalid type: expected a string")),
+    };
+    let policy = parse(Value::Object(members), &field)?;
+    Ok(ScopedPolicyConfig { name, matches, policy })
+}
+
+/// Deserializes `value` (found at JSON path `at`), naming the path of any error.
+fn parse<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let field = match (at, path.as_str()) {
+            ("", ".") => "configuration".to_string(),
+            ("", inner) => inner.to_string(),
+            (outer, ".") => outer.to_string(),
+            (outer, inner) if inner.starts_with('[') => format!("{outer}{inner}"),
+            (outer, inner) => format!("{outer}.{inner}"),
+        };
+        ConfigError::new(field, error.into_inner().to_string())
+    })
 }

@@ -17,6 +17,19 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// The same error, for a field inside `outer` (`policies[0]`); an empty `outer` changes
+    /// nothing.
+    pub fn within(self, outer: &str) -> ConfigError {
+        let field = match (outer, self.field.as_str()) {
+            ("", _) => self.field,
+            (outer, "configuration") => outer.to_string(),
+            (outer, inner) => format!("{outer}.{inner}"),
+        };
+        ConfigError { field, problem: self.problem }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.problem)

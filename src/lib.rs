@@ -29,6 +29,7 @@ pub mod headers;
 pub mod origin;
 pub mod policy;
 pub mod request;
+pub mod scope;
 pub mod stats;
 pub mod token;
 pub mod verdict;

@@ -2,25 +2,37 @@
 //! [`Policy::compile`], once per VM; [`Policy::decide`] and [`Policy::respond`] only look things
 //! up.
 
-use crate::config::{Admission, Config, Mode};
+use crate::config::{Admission, Config, Mode, PolicyConfig};
 use crate::error::ConfigError;
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
+use crate::scope::Selector;
 use crate::token::Auth;
 use crate::verdict::{
     Denial, DenyReason, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
-    INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY, NO_POLICY_STATUS, UNAUTHORIZED_BODY,
+    INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY, NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS,
+    NO_POLICY_STATUS, UNAUTHORIZED_BODY,
 };
 
-/// A configuration checked and compiled for use on the request path.
+/// A configuration checked and compiled for use on the request path: the policies, how to
+/// choose between them, and the counters' names.
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// Every counter's full name, in [`crate::stats::Counter::index`] order.
+    stat_names: Vec<String>,
+    selector: Selector,
+    /// The policies of `policies`, in order.
+    scoped: Vec<Rules>,
+    default: Option<Rules>,
+}
+
+/// One policy, compiled: what an upgrade must satisfy, and what ordinary responses get.
+#[derive(Clone, Debug)]
+pub struct Rules {
     /// The policy's name in log lines.
     name: String,
     mode: Mode,
-    /// Every counter's full name, in [`crate::stats::Counter::index`] order.
-    stat_names: Vec<String>,
     origins: OriginAllowList,
     missing_origin: Admission,
     null_origin: Admission,
@@ -32,10 +44,21 @@ pub struct Policy {
     auth: Option<Auth>,
 }
 
+/// Which policy applies to a response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Applies {
+    #[default]
+    Default,
+    Scoped(usize),
+    Nothing,
+}
+
 /// What the response path needs to know of its request. The shell keeps it between the
 /// request and the response callbacks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResponsePlan {
+    /// The policy whose headers the response gets.
+    applies: Applies,
     /// Whether the response gets the security headers: only answers to ordinary requests do.
     /// A 101, the 200 of an HTTP/2 extended CONNECT and wsgate's own refusals create no
     /// document.
@@ -45,10 +68,10 @@ pub struct ResponsePlan {
 }
 
 /// For a response whose request the filter never saw (Envoy answered it before the filter
-/// chain ran): the headers, without HSTS.
+/// chain ran): the default policy's headers, without HSTS.
 impl Default for ResponsePlan {
     fn default() -> ResponsePlan {
-        ResponsePlan { security_headers: true, secure: false }
+        ResponsePlan { applies: Applies::Default, security_headers: true, secure: false }
     }
 }
 
@@ -65,6 +88,119 @@ impl Policy {
         config: Config,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Policy, ConfigError> {
+        let prefix = &config.stat_prefix;
+        if prefix.is_empty()
+            || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            let problem = format!("{prefix:?} is not lower-case letters, digits and '_'");
+            return Err(ConfigError::new("stat_prefix", problem));
+        }
+        if config.policies.is_empty() && config.default.is_none() {
+            return Err(ConfigError::new(
+                "configuration",
+                "has no policy: give `policies`, `default` or both",
+            ));
+        }
+        let fields: Vec<String> =
+            (0..config.policies.len()).map(|index| format!("policies[{index}]")).collect();
+        let matches: Vec<_> =
+            config.policies.iter().map(|p| &p.matches).zip(fields.iter().cloned()).collect();
+        let selector = Selector::compile(&matches)?;
+        let mut scoped = Vec::with_capacity(config.policies.len());
+        for (policy, field) in config.policies.into_iter().zip(&fields) {
+            let name = policy.name.unwrap_or_else(|| field.clone());
+            scoped.push(Rules::compile(policy.policy, name, env).map_err(|e| e.within(field))?);
+        }
+        let default_field = if config.default_is_top_level { "" } else { "default" };
+        let default = match config.default {
+            Some(policy) => Some(
+                Rules::compile(policy, "default".to_string(), env).map_err(|e| e.within(default_field))?,
+            ),
+            None => None,
+        };
+        Ok(Policy { stat_names: crate::stats::names(prefix), selector, scoped, default })
+    }
+
+    /// Parses and compiles the JSON text of a plugin configuration.
+    pub fn from_json(json: &[u8]) -> Result<Policy, ConfigError> {
+        Policy::compile(Config::from_json(json)?)
+    }
+
+    /// The policy that applies to `request`: the first in `policies` whose `match` fits, else
+    /// `default`.
+    fn applies(&self, request: &Request) -> Applies {
+        match self.selector.select(request) {
+            Some(index) => Applies::Scoped(index),
+            None if self.default.is_some() => Applies::Default,
+            None => Applies::Nothing,
+        }
+    }
+
+    fn rules(&self, applies: Applies) -> Option<&Rules> {
+        match applies {
+            Applies::Scoped(index) => self.scoped.get(index),
+            Applies::Default => self.default.as_ref(),
+            Applies::Nothing => None,
+        }
+    }
+
+    /// Decides one request. `now` is the host's clock in seconds since the Unix epoch. An
+    /// upgrade that no policy applies to is refused.
+    pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
+        if !request.is_upgrade() {
+            return Verdict::Pass;
+        }
+        match self.rules(self.applies(request)) {
+            Some(rules) => rules.decide(request, now),
+            None => Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)),
+        }
+    }
+
+    /// What the response to `request` will need, once `verdict` was reached.
+    pub fn plan_response(&self, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
+        let applies = self.applies(request);
+        let secure = self.rules(applies).is_some_and(|rules| rules.secure(request));
+        ResponsePlan { applies, security_headers: *verdict == Verdict::Pass, secure }
+    }
+
+    /// The header edits for one response.
+    pub fn respond(&self, plan: ResponsePlan, response: &Response) -> Vec<HeaderEdit<'_>> {
+        match self.rules(plan.applies) {
+            Some(rules) if plan.security_headers => rules.respond(plan.secure, response),
+            Some(_) | None => Vec::new(),
+        }
+    }
+
+    /// Every counter's full name, in [`crate::stats::Counter::index`] order.
+    pub fn stat_names(&self) -> &[String] {
+        &self.stat_names
+    }
+
+    /// Ways in which the configuration weakens itself: logged at load, not refused.
+    pub fn warnings(&self) -> Vec<String> {
+        self.all_rules()
+            .flat_map(|rules| rules.warnings().iter().map(move |w| format!("{}: {w}", rules.name)))
+            .collect()
+    }
+
+    fn all_rules(&self) -> impl Iterator<Item = &Rules> {
+        self.scoped.iter().chain(self.default.as_ref())
+    }
+
+    /// A description of what was compiled, for the log at load.
+    pub fn summary(&self) -> String {
+        let policies: Vec<String> =
+            self.all_rules().map(|rules| format!("{} ({})", rules.name, rules.summary())).collect();
+        policies.join("; ")
+    }
+}
+
+impl Rules {
+    fn compile(
+        config: PolicyConfig,
+        name: String,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Rules, ConfigError> {
         if config.allowed_origins.is_empty() {
             return Err(ConfigError::new("allowed_origins", "is empty; list at least one origin"));
         }
@@ -88,17 +224,9 @@ impl Policy {
             Some(auth) => Some(Auth::compile(auth, env)?),
             None => None,
         };
-        let prefix = &config.stat_prefix;
-        if prefix.is_empty()
-            || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            let problem = format!("{prefix:?} is not lower-case letters, digits and '_'");
-            return Err(ConfigError::new("stat_prefix", problem));
-        }
-        Ok(Policy {
-            name: "default".to_string(),
+        Ok(Rules {
+            name,
             mode: config.mode,
-            stat_names: crate::stats::names(prefix),
             auth,
             origins,
             missing_origin: config.missing_origin,
@@ -111,17 +239,9 @@ impl Policy {
         })
     }
 
-    /// Parses and compiles the JSON text of a plugin configuration.
-    pub fn from_json(json: &[u8]) -> Result<Policy, ConfigError> {
-        Policy::compile(Config::from_json(json)?)
-    }
-
-    /// Decides one request. `now` is the host's clock in seconds since the Unix epoch.
-    /// The transport is checked first (403), then the origin (403), then the credential (401).
-    pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
-        if !request.is_upgrade() {
-            return Verdict::Pass;
-        }
+    /// Decides one upgrade. The transport is checked first (403), then the origin (403), then
+    /// the credential (401).
+    fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
         let checked = self
             .check_transport(request)
             .and_then(|()| self.check_origin(request))
@@ -135,13 +255,8 @@ impl Policy {
         }
     }
 
-    /// Every counter's full name, in [`crate::stats::Counter::index`] order.
-    pub fn stat_names(&self) -> &[String] {
-        &self.stat_names
-    }
-
     /// Whether the request arrived over TLS, directly or (if trusted) through a load balancer.
-    fn secure(&self, request: &Request) -> bool {
+    pub(crate) fn secure(&self, request: &Request) -> bool {
         request.tls() || (self.trust_forwarded_proto && request.forwarded_https())
     }
 
@@ -181,7 +296,7 @@ impl Policy {
     /// The one place where a reason becomes a reply.
     fn denial(&self, reason: DenyReason) -> Denial<'_> {
         match reason {
-            DenyReason::NoPolicy => no_policy_denial(),
+            DenyReason::NoPolicy | DenyReason::NoPolicyMatched => unruled_denial(reason),
             DenyReason::InsecureTransport => Denial {
                 reason,
                 status: INSECURE_TRANSPORT_STATUS,
@@ -224,26 +339,16 @@ impl Policy {
         }
     }
 
-    /// What the response to `request` will need, once `verdict` was reached.
-    pub fn plan_response(&self, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
-        ResponsePlan { security_headers: *verdict == Verdict::Pass, secure: self.secure(request) }
+    /// The header edits for one response to an ordinary request.
+    fn respond(&self, secure: bool, response: &Response) -> Vec<HeaderEdit<'_>> {
+        self.response_headers.as_ref().map(|headers| headers.edits(response, secure)).unwrap_or_default()
     }
 
-    /// The header edits for one response.
-    pub fn respond(&self, plan: ResponsePlan, response: &Response) -> Vec<HeaderEdit<'_>> {
-        match &self.response_headers {
-            Some(headers) if plan.security_headers => headers.edits(response, plan.secure),
-            Some(_) | None => Vec::new(),
-        }
-    }
-
-    /// Ways in which the configuration weakens itself: logged at load, not refused.
-    pub fn warnings(&self) -> &[String] {
+    fn warnings(&self) -> &[String] {
         self.response_headers.as_ref().map(ResponseHeaders::warnings).unwrap_or_default()
     }
 
-    /// A one-line description of what was compiled, for the log at load.
-    pub fn summary(&self) -> String {
+    fn summary(&self) -> String {
         let auth = self.auth.as_ref().map_or_else(|| "none".to_string(), Auth::summary);
         format!(
             "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
@@ -260,14 +365,14 @@ impl Policy {
     }
 }
 
-fn no_policy_denial() -> Denial<'static> {
-    Denial {
-        reason: DenyReason::NoPolicy,
-        status: NO_POLICY_STATUS,
-        body: NO_POLICY_BODY,
-        challenge: None,
-        policy: "-",
-    }
+/// The refusals that no policy's settings shape: no valid configuration at all (503), and no
+/// policy for the request's host and path (403).
+fn unruled_denial(reason: DenyReason) -> Denial<'static> {
+    let (status, body) = match reason {
+        DenyReason::NoPolicyMatched => (NO_POLICY_MATCHED_STATUS, NO_POLICY_MATCHED_BODY),
+        _ => (NO_POLICY_STATUS, NO_POLICY_BODY),
+    };
+    Denial { reason, status, body, challenge: None, policy: "-" }
 }
 
 /// Decides one request with whatever policy the VM holds. Without a valid policy (none was
@@ -276,7 +381,7 @@ fn no_policy_denial() -> Denial<'static> {
 pub fn decide<'p>(policy: Option<&'p Policy>, request: &Request, now: u64) -> Verdict<'p> {
     match policy {
         Some(policy) => policy.decide(request, now),
-        None if request.is_upgrade() => Verdict::Deny(no_policy_denial()),
+        None if request.is_upgrade() => Verdict::Deny(unruled_denial(DenyReason::NoPolicy)),
         None => Verdict::Pass,
     }
 }

@@ -96,6 +96,7 @@ fn reason_index(reason: DenyReason) -> usize {
         DenyReason::TokenBadIssuer => 13,
         DenyReason::TokenBadAudience => 14,
         DenyReason::NoPolicy => 15,
+        DenyReason::NoPolicyMatched => 16,
     }
 }
 

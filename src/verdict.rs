@@ -78,12 +78,18 @@ pub enum DenyReason {
     TokenBadAudience,
     /// wsgate holds no valid configuration: upgrades are refused, never passed.
     NoPolicy,
+    /// No policy applies to the request (none matches and there is no `default`).
+    NoPolicyMatched,
 }
 
 /// The status of the reply to [`DenyReason::NoPolicy`].
 pub const NO_POLICY_STATUS: u16 = 503;
 /// The body of the reply to [`DenyReason::NoPolicy`].
 pub const NO_POLICY_BODY: &str = "Service Unavailable: WebSocket gate has no valid configuration";
+/// The status of the reply to [`DenyReason::NoPolicyMatched`].
+pub const NO_POLICY_MATCHED_STATUS: u16 = 403;
+/// The body of the reply to [`DenyReason::NoPolicyMatched`].
+pub const NO_POLICY_MATCHED_BODY: &str = "Forbidden: no WebSocket policy for this host and path";
 /// The status of the reply to [`DenyReason::InsecureTransport`].
 pub const INSECURE_TRANSPORT_STATUS: u16 = 403;
 /// The body of the reply to [`DenyReason::InsecureTransport`].
@@ -102,7 +108,7 @@ const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
     /// Every reason, in a fixed order (stat names are made from it).
-    pub const ALL: [DenyReason; 16] = [
+    pub const ALL: [DenyReason; 17] = [
         DenyReason::OriginNotAllowed,
         DenyReason::OriginMissing,
         DenyReason::OriginNull,
@@ -119,6 +125,7 @@ impl DenyReason {
         DenyReason::TokenBadIssuer,
         DenyReason::TokenBadAudience,
         DenyReason::NoPolicy,
+        DenyReason::NoPolicyMatched,
     ];
 
     /// The word for this reason in logs (and, later, in stat names).
@@ -140,6 +147,7 @@ impl DenyReason {
             DenyReason::TokenBadIssuer => "token_bad_issuer",
             DenyReason::TokenBadAudience => "token_bad_audience",
             DenyReason::NoPolicy => "no_policy",
+            DenyReason::NoPolicyMatched => "no_policy_matched",
         }
     }
 }
