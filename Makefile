@@ -45,7 +45,8 @@ $(CERT):
 setup: targets envoy wasm-bindgen-cli cert ## Everything the build and the tests need
 
 build: targets ## Build the module and the demo upstream and client
-	cargo build --release --target wasm32-wasip1 -p wsgate
+	cargo build --release --target wasm32-wasip1 -p wsgate --lib
+	cargo build --release -p wsgate --bin wsgate-check
 	cargo build --release -p wsgate-echo
 	@ls -l $(WASM)
 

@@ -88,37 +88,56 @@ impl Policy {
         config: Config,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Policy, ConfigError> {
+        Policy::compile_all(config, env).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Compiles as [`Policy::compile_with_env`], but goes on after an error to report one per
+    /// part: `stat_prefix`, the policies' `match`es, each policy and `default`. For checkers.
+    /// The list is never empty.
+    pub fn compile_all(
+        config: Config,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Policy, Vec<ConfigError>> {
+        let mut errors = Vec::new();
         let prefix = &config.stat_prefix;
         if prefix.is_empty()
             || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             let problem = format!("{prefix:?} is not lower-case letters, digits and '_'");
-            return Err(ConfigError::new("stat_prefix", problem));
+            errors.push(ConfigError::new("stat_prefix", problem));
         }
         if config.policies.is_empty() && config.default.is_none() {
-            return Err(ConfigError::new(
-                "configuration",
-                "has no policy: give `policies`, `default` or both",
-            ));
+            errors
+                .push(ConfigError::new("configuration", "has no policy: give `policies`, `default` or both"));
         }
         let fields: Vec<String> =
             (0..config.policies.len()).map(|index| format!("policies[{index}]")).collect();
         let matches: Vec<_> =
             config.policies.iter().map(|p| &p.matches).zip(fields.iter().cloned()).collect();
-        let selector = Selector::compile(&matches)?;
+        let selector = Selector::compile(&matches).map_err(|e| errors.push(e)).ok();
         let mut scoped = Vec::with_capacity(config.policies.len());
         for (policy, field) in config.policies.into_iter().zip(&fields) {
             let name = policy.name.unwrap_or_else(|| field.clone());
-            scoped.push(Rules::compile(policy.policy, name, env).map_err(|e| e.within(field))?);
+            match Rules::compile(policy.policy, name, env) {
+                Ok(rules) => scoped.push(rules),
+                Err(error) => errors.push(error.within(field)),
+            }
         }
         let default_field = if config.default_is_top_level { "" } else { "default" };
-        let default = match config.default {
-            Some(policy) => Some(
-                Rules::compile(policy, "default".to_string(), env).map_err(|e| e.within(default_field))?,
-            ),
+        let default = match config.default.map(|policy| Rules::compile(policy, "default".to_string(), env)) {
+            Some(Ok(rules)) => Some(rules),
+            Some(Err(error)) => {
+                errors.push(error.within(default_field));
+                None
+            }
             None => None,
         };
-        Ok(Policy { stat_names: crate::stats::names(prefix), selector, scoped, default })
+        match (selector, errors.is_empty()) {
+            (Some(selector), true) => {
+                Ok(Policy { stat_names: crate::stats::names(prefix), selector, scoped, default })
+            }
+            _ => Err(errors),
+        }
     }
 
     /// Parses and compiles the JSON text of a plugin configuration.
@@ -134,6 +153,11 @@ impl Policy {
             None if self.default.is_some() => Applies::Default,
             None => Applies::Nothing,
         }
+    }
+
+    /// The name of the policy that applies to `request` (for checkers and logs).
+    pub fn policy_for(&self, request: &Request) -> Option<&str> {
+        self.rules(self.applies(request)).map(|rules| rules.name.as_str())
     }
 
     fn rules(&self, applies: Applies) -> Option<&Rules> {
@@ -189,9 +213,12 @@ impl Policy {
 
     /// A description of what was compiled, for the log at load.
     pub fn summary(&self) -> String {
-        let policies: Vec<String> =
-            self.all_rules().map(|rules| format!("{} ({})", rules.name, rules.summary())).collect();
-        policies.join("; ")
+        self.policy_summaries().join("; ")
+    }
+
+    /// One line per policy, in the order they are tried: its name and what it checks.
+    pub fn policy_summaries(&self) -> Vec<String> {
+        self.all_rules().map(|rules| format!("{} ({})", rules.name, rules.summary())).collect()
     }
 }
 

@@ -1,0 +1,105 @@
+//! `wsgate-check` decides as the filter in Envoy does, on the same configuration and requests;
+//! and it reports configuration errors with their JSON paths.
+#![cfg(not(target_arch = "wasm32"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod support;
+
+use std::process::Command;
+
+use support::client::raw;
+use support::Gate;
+
+const CONFIG: &str = r#"{
+  "stat_prefix": "edge",
+  "policies": [
+    {"name": "chat", "match": {"hosts": ["chat.example.com"], "path_prefix": "/ws"},
+     "allowed_origins": ["https://chat.example.com"], "require_tls": false,
+     "auth": {"sources": [{"query": "access_token"}],
+              "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]}}
+  ],
+  "default": {"allowed_origins": ["https://app.example.com"], "require_tls": false}
+}"#;
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("wsgate-check-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wsgate-check")).args(args).output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).to_string())
+}
+
+/// The HTTP status the checker's verdict stands for: 101 for an admission.
+fn checked_status(stdout: &str) -> u16 {
+    if stdout.contains("verdict: admit") {
+        return 101;
+    }
+    let status = stdout.lines().find_map(|line| line.strip_prefix("status: ")).expect("a status");
+    status.parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_checker_gives_the_same_verdict_as_envoy_on_the_same_requests() {
+    let config = write_temp("same.json", CONFIG);
+    let gate = Gate::start(&[CONFIG]).await;
+    let cases = [
+        ("chat.example.com", "/ws?access_token=k-7f3a9c", "https://chat.example.com"),
+        ("chat.example.com", "/ws?access_token=k-guess", "https://chat.example.com"),
+        ("chat.example.com", "/ws", "https://chat.example.com"),
+        ("chat.example.com", "/ws?access_token=k-7f3a9c", "https://app.example.com"),
+        ("www.example.com", "/ws", "https://app.example.com"),
+        ("www.example.com", "/ws", "https://chat.example.com"),
+        ("www.example.com", "/ws", "null"),
+    ];
+    for (host, path, origin) in cases {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\norigin: {origin}\r\n\r\n"
+        );
+        let envoy = raw(gate.port(), request.as_bytes()).await.status;
+        let url = format!("ws://{host}{path}");
+        let (code, stdout) = check(&[config.to_str().unwrap(), "--url", &url, "--origin", origin]);
+        assert_eq!(code, Some(0), "{stdout}");
+        assert_eq!(
+            checked_status(&stdout),
+            envoy,
+            "{host}{path} from {origin}: Envoy said {envoy}, the checker:\n{stdout}"
+        );
+    }
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn the_checker_reports_every_policys_error_with_its_path_and_fails() {
+    let broken = r#"{
+      "policies": [
+        {"match": {"hosts": ["a.example"]}, "allowed_origins": ["https//x"]},
+        {"match": {"hosts": ["b.example"]}, "allowed_origins": ["https://b.example"], "deny_status": 200}
+      ],
+      "default": {"allowed_origins": []}
+    }"#;
+    let config = write_temp("broken.json", broken);
+    let (code, stdout) = check(&[config.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    for line in [
+        r#"error: policies[0].allowed_origins[0]: "https//x" is not an origin (missing "://")"#,
+        "error: policies[1].deny_status: 200 is not a client or server error status (400-599)",
+        "error: default.allowed_origins: is empty; list at least one origin",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn the_checker_accepts_a_valid_configuration_and_says_what_it_compiled_to() {
+    let config = write_temp("valid.json", CONFIG);
+    let (code, stdout) = check(&[config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("policy chat (mode=enforce"), "{stdout}");
+    assert!(stdout.contains("policy default (mode=enforce"), "{stdout}");
+    let _ = std::fs::remove_file(config);
+}
