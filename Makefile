@@ -12,7 +12,7 @@ export WSGATE_WASM  := $(abspath $(WASM))
 
 CERT          := .run/tls/cert.pem
 
-.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert
+.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ setup: targets envoy wasm-bindgen-cli cert ## Everything the build and the tests
 
 build: targets ## Build the module and the demo upstream and client
 	cargo build --release --target wasm32-wasip1 -p wsgate --lib
-	cargo build --release -p wsgate --bin wsgate-check
+	cargo build --release -p wsgate --features schema --bin wsgate-check
 	cargo build --release -p wsgate-echo
 	@ls -l $(WASM)
 
@@ -56,7 +56,7 @@ run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (en
 test: setup build test-native test-wasm ## Every test: unit, scenarios, wasm32, end to end through Envoy
 
 test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build envoy`)
-	cargo test --workspace
+	cargo test --workspace --all-features
 
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
@@ -64,9 +64,13 @@ test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 
 lint: targets ## rustfmt check, clippy natively and on both wasm targets
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
 	cargo clippy --target wasm32-wasip1 -p wsgate --lib -- -D warnings
 	cargo clippy --target wasm32-unknown-unknown -p wsgate --lib --tests -- -D warnings
+
+schema: ## Write schema/wsgate.schema.json, the JSON Schema of the configuration
+	mkdir -p schema
+	cargo run --quiet --release -p wsgate --features schema --bin wsgate-check -- --schema > schema/wsgate.schema.json
 
 fmt: ## Format the code
 	cargo fmt --all

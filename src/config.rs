@@ -35,6 +35,7 @@ pub struct ScopedPolicyConfig {
 }
 
 /// `match`: which requests a policy applies to. Both parts must match; an empty part matches all.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
@@ -49,6 +50,7 @@ pub struct MatchConfig {
 }
 
 /// One policy: what an upgrade must satisfy, and what ordinary responses get.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
@@ -93,6 +95,7 @@ pub struct PolicyConfig {
 }
 
 /// `auth`: where the handshake's credential comes from and how it is verified.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -117,6 +120,7 @@ pub struct AuthConfig {
 }
 
 /// `auth.jwt`: which tokens are accepted, with which keys, for whom.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
@@ -143,6 +147,7 @@ pub struct JwtConfig {
     pub claims_to_headers: Vec<ClaimHeader>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
@@ -151,6 +156,7 @@ pub struct JwksConfig {
     pub keys: Vec<serde_json::Value>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimHeader {
@@ -162,6 +168,7 @@ pub struct ClaimHeader {
 
 /// One place a credential may travel. Exactly one of `query`, `cookie`, `header` and
 /// `subprotocol`; `prefix` only with `header`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -179,6 +186,7 @@ pub struct SourceConfig {
     pub subprotocol: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
@@ -189,6 +197,7 @@ pub struct ApiKeyConfig {
 }
 
 /// `response_headers`: each header has a recommended default and is switched off with `null`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseHeadersConfig {
@@ -224,6 +233,7 @@ pub enum CspConfig {
     Directives(CspDirectives),
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CspDirectives {
@@ -237,6 +247,7 @@ pub struct CspDirectives {
     pub report_to: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtraHeader {
@@ -502,4 +513,50 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T, Co
         };
         ConfigError::new(field, error.into_inner().to_string())
     })
+}
+
+/// The schemas that serde's attributes cannot tell schemars: enums read from strings, and a
+/// policy given as a string or an object.
+#[cfg(feature = "schema")]
+mod schema_impls {
+    use std::borrow::Cow;
+
+    use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+
+    use super::{Admission, CspConfig, CspDirectives, Mode, OnExisting};
+
+    macro_rules! string_enum {
+        ($type:ty, $name:literal, [$($value:literal),+], $description:literal) => {
+            impl JsonSchema for $type {
+                fn schema_name() -> Cow<'static, str> {
+                    $name.into()
+                }
+                fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                    json_schema!({"type": "string", "enum": [$($value),+], "description": $description})
+                }
+            }
+        };
+    }
+
+    string_enum!(Admission, "Admission", ["deny", "allow"], "Whether a class of requests is let through.");
+    string_enum!(Mode, "Mode", ["enforce", "shadow"], "Whether a policy's decisions are carried out.");
+    string_enum!(
+        OnExisting,
+        "OnExisting",
+        ["append", "keep", "replace"],
+        "What to do where the upstream's response already has the header."
+    );
+
+    impl JsonSchema for CspConfig {
+        fn schema_name() -> Cow<'static, str> {
+            "ContentSecurityPolicy".into()
+        }
+        fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+            let directives = generator.subschema_for::<CspDirectives>();
+            json_schema!({
+                "description": "A ready policy string, or directives rendered once at load.",
+                "oneOf": [{"type": "string"}, directives]
+            })
+        }
+    }
 }

@@ -29,6 +29,8 @@ pub mod headers;
 pub mod origin;
 pub mod policy;
 pub mod request;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod scope;
 pub mod stats;
 pub mod token;

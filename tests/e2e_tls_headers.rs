@@ -204,6 +204,6 @@ fn a_policy_that_weakens_itself_loads_with_a_warning_in_envoys_log() {
     let output = support::validate_yaml(&bootstrap);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("configuration weakens itself: response_headers.content_security_policy: script-src allows 'unsafe-inline'"), "{log}");
+    assert!(log.contains("configuration weakens itself: default: response_headers.content_security_policy: script-src allows 'unsafe-inline'"), "{log}");
     assert!(log.contains("connect-src allows \"*\""), "{log}");
 }

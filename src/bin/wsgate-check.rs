@@ -2,6 +2,7 @@
 //! pipelines, before a configuration reaches a fleet.
 //!
 //! ```text
+//! wsgate-check --schema
 //! wsgate-check CONFIG.json
 //! wsgate-check CONFIG.json --url 'wss://chat.example.com/ws?access_token=...' --origin https://chat.example.com \
 //!     [--header 'cookie: ...']... [--now UNIX_SECONDS]
@@ -9,14 +10,15 @@
 //!
 //! The first form prints what the configuration compiled to, or every error with its JSON path
 //! (the first error of each policy), and exits 1 on errors. The second also prints the verdict
-//! on one WebSocket handshake: the reason, the status and the policy that decided.
+//! on one WebSocket handshake: the reason, the status and the policy that decided. `--schema`
+//! prints the JSON Schema of the configuration.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wsgate::{Config, Policy, Request, RequestEdit, Verdict};
 
-const USAGE: &str = "usage: wsgate-check CONFIG.json [--url URL [--origin ORIGIN] [--header 'NAME: VALUE']... [--now UNIX_SECONDS]]";
+const USAGE: &str = "usage: wsgate-check --schema | wsgate-check CONFIG.json [--url URL [--origin ORIGIN] [--header 'NAME: VALUE']... [--now UNIX_SECONDS]]";
 
 struct Handshake {
     url: String,
@@ -36,6 +38,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Vec<String>) -> Result<ExitCode, String> {
+    if args.first().map(String::as_str) == Some("--schema") {
+        let schema = serde_json::to_string_pretty(&wsgate::schema::generate()).map_err(|e| e.to_string())?;
+        println!("{schema}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut args = args.into_iter();
     let path = args.next().filter(|a| !a.starts_with('-')).ok_or("no configuration file given")?;
     let mut handshake = None::<Handshake>;
