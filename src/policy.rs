@@ -120,14 +120,14 @@ impl Policy {
             let name = policy.name.unwrap_or_else(|| field.clone());
             match Rules::compile(policy.policy, name, env) {
                 Ok(rules) => scoped.push(rules),
-                Err(error) => errors.push(error.within(field)),
+                Err(found) => errors.extend(found.into_iter().map(|error| error.within(field))),
             }
         }
         let default_field = if config.default_is_top_level { "" } else { "default" };
         let default = match config.default.map(|policy| Rules::compile(policy, "default".to_string(), env)) {
             Some(Ok(rules)) => Some(rules),
-            Some(Err(error)) => {
-                errors.push(error.within(default_field));
+            Some(Err(found)) => {
+                errors.extend(found.into_iter().map(|error| error.within(default_field)));
                 None
             }
             None => None,
@@ -223,47 +223,54 @@ impl Policy {
 }
 
 impl Rules {
+    /// Compiles one policy. Its parts (origins, `deny_status`, `response_headers`, `auth`) are
+    /// independent, so each reports its first error: a checker shows them all at once.
     fn compile(
         config: PolicyConfig,
         name: String,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Rules, ConfigError> {
-        if config.allowed_origins.is_empty() {
-            return Err(ConfigError::new("allowed_origins", "is empty; list at least one origin"));
-        }
-        let origins = OriginAllowList::compile(&config.allowed_origins).map_err(|e| {
-            ConfigError::new(
-                format!("allowed_origins[{}]", e.index),
-                format!("{:?} is not an origin ({})", e.entry, e.error),
-            )
-        })?;
-        if !(400..=599).contains(&config.deny_status) {
-            return Err(ConfigError::new(
-                "deny_status",
-                format!("{} is not a client or server error status (400-599)", config.deny_status),
-            ));
-        }
-        let response_headers = match &config.response_headers {
-            Some(headers) => Some(ResponseHeaders::compile(headers, config.require_tls)?),
-            None => None,
+    ) -> Result<Rules, Vec<ConfigError>> {
+        let origins = if config.allowed_origins.is_empty() {
+            Err(ConfigError::new("allowed_origins", "is empty; list at least one origin"))
+        } else {
+            OriginAllowList::compile(&config.allowed_origins).map_err(|e| {
+                let problem = format!("{:?} is not an origin ({})", e.entry, e.error);
+                ConfigError::new(format!("allowed_origins[{}]", e.index), problem)
+            })
         };
-        let auth = match &config.auth {
-            Some(auth) => Some(Auth::compile(auth, env)?),
-            None => None,
+        let deny_status = if (400..=599).contains(&config.deny_status) {
+            Ok(config.deny_status)
+        } else {
+            let problem = format!("{} is not a client or server error status (400-599)", config.deny_status);
+            Err(ConfigError::new("deny_status", problem))
         };
-        Ok(Rules {
-            name,
-            mode: config.mode,
-            auth,
-            origins,
-            missing_origin: config.missing_origin,
-            null_origin: config.null_origin,
-            deny_status: config.deny_status,
-            deny_body: config.deny_body,
-            response_headers,
-            require_tls: config.require_tls,
-            trust_forwarded_proto: config.trust_forwarded_proto,
-        })
+        let response_headers = config
+            .response_headers
+            .as_ref()
+            .map(|h| ResponseHeaders::compile(h, config.require_tls))
+            .transpose();
+        let auth = config.auth.as_ref().map(|auth| Auth::compile(auth, env)).transpose();
+        match (origins, deny_status, response_headers, auth) {
+            (Ok(origins), Ok(deny_status), Ok(response_headers), Ok(auth)) => Ok(Rules {
+                name,
+                mode: config.mode,
+                auth,
+                origins,
+                missing_origin: config.missing_origin,
+                null_origin: config.null_origin,
+                deny_status,
+                deny_body: config.deny_body,
+                response_headers,
+                require_tls: config.require_tls,
+                trust_forwarded_proto: config.trust_forwarded_proto,
+            }),
+            (origins, deny_status, response_headers, auth) => {
+                Err([origins.err(), deny_status.err(), response_headers.err(), auth.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect())
+            }
+        }
     }
 
     /// Decides one upgrade. The transport is checked first (403), then the origin (403), then

@@ -73,11 +73,11 @@ async fn the_checker_gives_the_same_verdict_as_envoy_on_the_same_requests() {
 }
 
 #[test]
-fn the_checker_reports_every_policys_error_with_its_path_and_fails() {
+fn the_checker_reports_the_errors_of_every_policy_and_part_with_their_paths_and_fails() {
     let broken = r#"{
       "policies": [
         {"match": {"hosts": ["a.example"]}, "allowed_origins": ["https//x"]},
-        {"match": {"hosts": ["b.example"]}, "allowed_origins": ["https://b.example"], "deny_status": 200}
+        {"match": {"hosts": ["b.example"]}, "allowed_origins": ["*"], "deny_status": 200}
       ],
       "default": {"allowed_origins": []}
     }"#;
@@ -86,6 +86,7 @@ fn the_checker_reports_every_policys_error_with_its_path_and_fails() {
     assert_eq!(code, Some(1), "{stdout}");
     for line in [
         r#"error: policies[0].allowed_origins[0]: "https//x" is not an origin (missing "://")"#,
+        r#"error: policies[1].allowed_origins[0]: "*" is not an origin"#,
         "error: policies[1].deny_status: 200 is not a client or server error status (400-599)",
         "error: default.allowed_origins: is empty; list at least one origin",
     ] {

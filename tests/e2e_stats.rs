@@ -120,3 +120,123 @@ async fn two_listeners_count_under_their_own_prefixes() {
     assert_eq!(counters(&gate, "internal").get("denied.origin_missing"), Some(&1));
     assert_eq!(counters(&gate, "edge").get("denied.origin_missing"), Some(&0));
 }
+
+/// A configuration in which every reason can happen: TLS required on one host (checked before
+/// anything else), no default for unknown hosts, API keys and RS256 JWTs.
+fn every_reason_config() -> String {
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(support::repo().join("tests/keys/jwks.json")).unwrap())
+            .unwrap();
+    let rsa = jwks["keys"][0].clone();
+    serde_json::json!({
+        "stat_prefix": "every",
+        "policies": [
+            {"name": "tls", "match": {"hosts": ["tls.example"]}, "allowed_origins": ["https://app.example.com"]},
+            {"name": "app", "match": {"hosts": ["app.example"]}, "allowed_origins": ["https://app.example.com"],
+             "require_tls": false,
+             "auth": {"sources": [{"query": "t"}],
+                      "api_keys": [{"id": "bot", "sha256": KEY_SHA256}],
+                      "jwt": {"algorithms": ["RS256"], "jwks": {"keys": [rsa]},
+                              "issuers": ["https://issuer.example"], "audiences": ["chat"], "leeway_seconds": 0}}}
+        ]
+    })
+    .to_string()
+}
+
+fn rs256(claims: serde_json::Value, kid: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(support::repo().join("tests/keys/rsa.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn every_reason_a_request_can_cause_moves_its_own_counter_once() {
+    let gate = Gate::start(&[&every_reason_config()]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = |iss: &str, aud: &str, exp: i64, nbf: i64| serde_json::json!({"iss": iss, "aud": aud, "exp": now + exp, "nbf": now + nbf});
+    let good = |kid: &str| rs256(claims("https://issuer.example", "chat", 300, -10), kid);
+    let tampered = {
+        let token = good("rsa-1");
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        let payload = claims("https://issuer.example", "chat", 9000, -10).to_string();
+        parts[1] = <base64ct::Base64UrlUnpadded as base64ct::Encoding>::encode_string(payload.as_bytes());
+        parts.join(".")
+    };
+    let cases: Vec<(&str, &str, String, Vec<&str>)> = vec![
+        ("insecure_transport", "tls.example", "/ws".into(), vec!["origin: https://app.example.com"]),
+        ("no_policy_matched", "other.example", "/ws".into(), vec!["origin: https://app.example.com"]),
+        ("origin_not_allowed", "app.example", "/ws".into(), vec!["origin: https://evil.example"]),
+        ("origin_missing", "app.example", "/ws".into(), vec![]),
+        ("origin_null", "app.example", "/ws".into(), vec!["origin: null"]),
+        ("origin_malformed", "app.example", "/ws".into(), vec!["origin: https://app.example.com/"]),
+        ("token_missing", "app.example", "/ws".into(), vec!["origin: https://app.example.com"]),
+        ("token_malformed", "app.example", "/ws?t=".into(), vec!["origin: https://app.example.com"]),
+        (
+            "token_duplicated",
+            "app.example",
+            format!("/ws?t={KEY}&t={KEY}"),
+            vec!["origin: https://app.example.com"],
+        ),
+        ("api_key_invalid", "app.example", "/ws?t=k-guess".into(), vec!["origin: https://app.example.com"]),
+        (
+            "token_expired",
+            "app.example",
+            format!("/ws?t={}", rs256(claims("https://issuer.example", "chat", -10, -20), "rsa-1")),
+            vec!["origin: https://app.example.com"],
+        ),
+        (
+            "token_not_yet_valid",
+            "app.example",
+            format!("/ws?t={}", rs256(claims("https://issuer.example", "chat", 300, 100), "rsa-1")),
+            vec!["origin: https://app.example.com"],
+        ),
+        (
+            "token_bad_signature",
+            "app.example",
+            format!("/ws?t={tampered}"),
+            vec!["origin: https://app.example.com"],
+        ),
+        (
+            "token_unknown_key",
+            "app.example",
+            format!("/ws?t={}", good("rsa-9")),
+            vec!["origin: https://app.example.com"],
+        ),
+        (
+            "token_bad_issuer",
+            "app.example",
+            format!("/ws?t={}", rs256(claims("https://evil.example", "chat", 300, -10), "rsa-1")),
+            vec!["origin: https://app.example.com"],
+        ),
+        (
+            "token_bad_audience",
+            "app.example",
+            format!("/ws?t={}", rs256(claims("https://issuer.example", "billing", 300, -10), "rsa-1")),
+            vec!["origin: https://app.example.com"],
+        ),
+    ];
+    for (reason, host, path, lines) in &cases {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        );
+        for line in lines {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        let status = raw(gate.port(), request.as_bytes()).await.status;
+        assert!(status == 401 || status == 403, "{reason}: got {status}");
+    }
+    let counters = counters(&gate, "every");
+    for (reason, ..) in &cases {
+        assert_eq!(counters.get(&format!("denied.{reason}")), Some(&1), "{reason} in {counters:?}");
+    }
+    let denied: u64 = counters.iter().filter(|(name, _)| name.starts_with("denied.")).map(|(_, v)| v).sum();
+    assert_eq!(denied, cases.len() as u64, "one counter moved per request");
+    assert_eq!(counters.get("allowed"), Some(&0));
+}
