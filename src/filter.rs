@@ -149,8 +149,8 @@ impl HttpContext for Stream {
             self.counters.add(counter, 1);
         }
         match verdict {
-            Verdict::Pass | Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => Action::Continue,
-            Verdict::Admit(edits) => {
+            Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => Action::Continue,
+            Verdict::Pass(edits) | Verdict::Admit(edits) => {
                 for edit in edits {
                     self.apply(edit);
                 }

@@ -9,7 +9,8 @@
 //!    once per VM; an invalid configuration is refused, and Envoy refuses the filter with it.
 //! 2. `on_http_request_headers`: the shell builds a [`Request`] from the host's headers and calls
 //!    [`decide`].
-//! 3. A request that is not an upgrade passes untouched ([`Verdict::Pass`]).
+//! 3. A request that is not an upgrade passes ([`Verdict::Pass`]), without any identity
+//!    header a client forged.
 //! 4. An upgrade that arrived over TLS (when `require_tls`), whose `Origin` the policy admits
 //!    and whose credential verifies (when `auth` is set) goes on ([`Verdict::Admit`]), with the
 //!    credential removed and the verified identity added.

@@ -10,7 +10,7 @@ use crate::request::Request;
 use crate::scope::Selector;
 use crate::token::Auth;
 use crate::verdict::{
-    Denial, DenyReason, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
+    Denial, DenyReason, RequestEdit, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
     INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY, NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS,
     NO_POLICY_STATUS, UNAUTHORIZED_BODY,
 };
@@ -171,10 +171,11 @@ impl Policy {
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch. An
     /// upgrade that no policy applies to is refused.
     pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
+        let rules = self.rules(self.applies(request));
         if !request.is_upgrade() {
-            return Verdict::Pass;
+            return Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default());
         }
-        match self.rules(self.applies(request)) {
+        match rules {
             Some(rules) => rules.decide(request, now),
             None => Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)),
         }
@@ -184,7 +185,7 @@ impl Policy {
     pub fn plan_response(&self, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
         let applies = self.applies(request);
         let secure = self.rules(applies).is_some_and(|rules| rules.secure(request));
-        ResponsePlan { applies, security_headers: *verdict == Verdict::Pass, secure }
+        ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure }
     }
 
     /// The header edits for one response.
@@ -271,6 +272,11 @@ impl Rules {
                     .collect())
             }
         }
+    }
+
+    /// Removes the identity headers this policy sets, where the client sent them.
+    fn unforge(&self, request: &Request) -> Vec<RequestEdit<'_>> {
+        self.auth.as_ref().map(|auth| auth.unforge(request)).unwrap_or_default()
     }
 
     /// Decides one upgrade. The transport is checked first (403), then the origin (403), then
@@ -416,7 +422,7 @@ pub fn decide<'p>(policy: Option<&'p Policy>, request: &Request, now: u64) -> Ve
     match policy {
         Some(policy) => policy.decide(request, now),
         None if request.is_upgrade() => Verdict::Deny(unruled_denial(DenyReason::NoPolicy)),
-        None => Verdict::Pass,
+        None => Verdict::Pass(Vec::new()),
     }
 }
 

@@ -68,7 +68,7 @@ impl Counter {
     /// The counter that a verdict moves, if any (requests that are not upgrades move none).
     pub fn for_verdict(verdict: &Verdict<'_>) -> Option<Counter> {
         match verdict {
-            Verdict::Pass => None,
+            Verdict::Pass(_) => None,
             Verdict::Admit(_) => Some(Counter::Allowed),
             Verdict::Deny(denial) => Some(Counter::Denied(denial.reason)),
             Verdict::ShadowAdmit => Some(Counter::ShadowAllowed),

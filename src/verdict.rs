@@ -5,8 +5,9 @@ use crate::request::Request;
 /// The outcome of [`crate::decide`] for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict<'p> {
-    /// Not an upgrade: the request passes untouched.
-    Pass,
+    /// Not an upgrade: the request passes, with only the identity headers that wsgate sets
+    /// removed where a client sent them (no upstream should trust a forged copy on any request).
+    Pass(Vec<RequestEdit<'p>>),
     /// An upgrade the policy admits: it goes on to the upstream after these edits (the
     /// credential removed, the verified identity added).
     Admit(Vec<RequestEdit<'p>>),
@@ -194,7 +195,7 @@ impl Verdict<'_> {
         match self {
             Verdict::Deny(denial) => Some(denial.describe("denied upgrade", request)),
             Verdict::ShadowDeny(denial) => Some(denial.describe("shadow mode, would deny upgrade", request)),
-            Verdict::Pass | Verdict::Admit(_) | Verdict::ShadowAdmit => None,
+            Verdict::Pass(_) | Verdict::Admit(_) | Verdict::ShadowAdmit => None,
         }
     }
 }

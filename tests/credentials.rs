@@ -205,9 +205,20 @@ fn the_deny_status_and_identity_header_can_be_configured() {
 }
 
 #[test]
+fn an_ordinary_request_loses_a_forged_identity_header_and_nothing_else() {
+    let forged = Request::new(vec![
+        (":path".into(), b"/page".to_vec()),
+        ("x-wsgate-key-id".into(), b"admin".to_vec()),
+        ("authorization".into(), b"Bearer x".to_vec()),
+    ])
+    .with_tls(true);
+    assert_eq!(policy().decide(&forged, NOW), Verdict::Pass(vec![RequestEdit::Remove("x-wsgate-key-id")]));
+}
+
+#[test]
 fn ordinary_requests_need_no_credential() {
     let request = Request::new(vec![(":path".into(), b"/page".to_vec())]).with_tls(true);
-    assert_eq!(policy().decide(&request, NOW), Verdict::Pass);
+    assert_eq!(policy().decide(&request, NOW), Verdict::Pass(vec![]));
 }
 
 #[test]

@@ -191,3 +191,12 @@ async fn the_origin_is_refused_before_the_credential_is_looked_at() {
     assert_eq!(status.err(), Some(403));
     assert_eq!(gate.upstream_requests(), vec![]);
 }
+
+#[tokio::test]
+async fn a_forged_identity_header_never_reaches_the_upstream_on_an_ordinary_request_either() {
+    let gate = Gate::start(&[&config()]).await;
+    let reply =
+        raw(gate.port(), b"GET /page HTTP/1.1\r\nhost: localhost\r\nx-wsgate-key-id: admin\r\n\r\n").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(gate.upstream_requests()[0].header_values("x-wsgate-key-id"), Vec::<&str>::new());
+}

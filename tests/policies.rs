@@ -92,7 +92,7 @@ fn without_a_default_an_upgrade_that_matches_no_policy_is_refused() {
         (":authority".into(), b"www.example.com".to_vec()),
         (":path".into(), b"/".to_vec()),
     ]);
-    assert_eq!(policy.decide(&page, NOW), Verdict::Pass);
+    assert_eq!(policy.decide(&page, NOW), Verdict::Pass(vec![]));
 }
 
 #[test]

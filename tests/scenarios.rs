@@ -47,7 +47,7 @@ fn handshake(origin: Option<&[u8]>) -> Request {
 fn reason(verdict: &Verdict<'_>) -> Option<DenyReason> {
     match verdict {
         Verdict::Deny(denial) => Some(denial.reason),
-        Verdict::Pass | Verdict::Admit(_) | Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => None,
+        Verdict::Pass(_) | Verdict::Admit(_) | Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => None,
     }
 }
 
@@ -121,9 +121,9 @@ fn two_origin_lines_are_malformed_even_if_both_are_allowed() {
 fn requests_that_are_not_upgrades_pass_whatever_their_origin() {
     let policy = policy(CONFIG);
     let get = request(&[(":method", b"GET"), (":path", b"/"), ("origin", b"https://evil.example")]);
-    assert_eq!(policy.decide(&get, NOW), Verdict::Pass);
+    assert_eq!(policy.decide(&get, NOW), Verdict::Pass(vec![]));
     let no_connection_token = request(&[("upgrade", b"websocket"), ("origin", b"https://evil.example")]);
-    assert_eq!(policy.decide(&no_connection_token, NOW), Verdict::Pass);
+    assert_eq!(policy.decide(&no_connection_token, NOW), Verdict::Pass(vec![]));
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn without_a_policy_upgrades_get_503_and_other_requests_pass() {
         }
         other => panic!("expected a denial, got {other:?}"),
     }
-    assert_eq!(decide(None, &request(&[(":method", b"GET")]), NOW), Verdict::Pass);
+    assert_eq!(decide(None, &request(&[(":method", b"GET")]), NOW), Verdict::Pass(vec![]));
 }
 
 #[test]

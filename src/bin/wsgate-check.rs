@@ -164,7 +164,7 @@ fn decide(policy: &Policy, handshake: &Handshake) -> Result<(), String> {
             denial.status,
             denial.policy
         ),
-        Verdict::Pass => println!("verdict: pass (not an upgrade)"),
+        Verdict::Pass(_) => println!("verdict: pass (not an upgrade)"),
     }
     Ok(())
 }

@@ -134,19 +134,20 @@ impl Auth {
             Some(Lookup::Found { credential, strip }) => (credential, strip),
         };
         let identity = self.verify(&credential, now)?;
-        let mut edits = Vec::with_capacity(identity.len() + 3);
-        let forgeable =
-            self.jwt.iter().flat_map(JwtVerifier::identity_headers).chain([self.key_id_header.as_str()]);
-        for header in forgeable {
-            if request.values(header).next().is_some() {
-                edits.push(RequestEdit::Remove(header));
-            }
-        }
+        let mut edits = self.unforge(request);
         if self.strip {
             edits.push(strip);
         }
         edits.extend(identity.into_iter().map(|(header, value)| RequestEdit::Set(header, value)));
         Ok(edits)
+    }
+
+    /// Removes every identity header wsgate sets (`key_id_header`, `claims_to_headers`) that
+    /// the client sent, so that no copy of the client's own reaches the upstream.
+    pub fn unforge(&self, request: &Request) -> Vec<RequestEdit<'_>> {
+        let forgeable =
+            self.jwt.iter().flat_map(JwtVerifier::identity_headers).chain([self.key_id_header.as_str()]);
+        forgeable.filter(|header| request.values(header).next().is_some()).map(RequestEdit::Remove).collect()
     }
 
     /// Verifies a credential; returns the identity headers to forward. With both JWT and API
