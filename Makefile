@@ -1,4 +1,5 @@
 # wsgate: `make run` for the demo, `make test` for every test. `make help` lists the rest.
+SHELL := /bin/bash
 
 ENVOY_VERSION := 1.40.0
 VENV          := .venv
@@ -11,8 +12,11 @@ export WSGATE_ENVOY := $(abspath $(ENVOY))
 export WSGATE_WASM  := $(abspath $(WASM))
 
 CERT          := .run/tls/cert.pem
+FUZZ_TARGETS  := config origin credential_sources jwt decide
+FUZZ_SECONDS  ?= 60
 
-.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema
+.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+	fuzz fuzz-smoke fuzz-tools
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -53,7 +57,7 @@ build: targets ## Build the module and the demo upstream and client
 run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
 	ENVOY=$(ENVOY) scripts/run-demo.sh
 
-test: setup build test-native test-wasm ## Every test: unit, scenarios, wasm32, end to end through Envoy
+test: setup build fuzz-smoke test-native test-wasm ## Every test: unit, scenarios, wasm32, end to end, fuzzing briefly
 
 test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build envoy`)
 	cargo test --workspace --all-features
@@ -61,6 +65,21 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies
+
+fuzz-tools: ## The nightly toolchain and cargo-fuzz
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+
+fuzz: fuzz-tools ## Run every fuzz target for FUZZ_SECONDS (60) each
+	for target in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+fuzz-smoke: fuzz-tools ## Run every fuzz target for 5 seconds, from the seeds (part of make test)
+	for target in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$target -- -max_total_time=5 2>&1 | grep -E '^Done|ERROR|panicked' ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 lint: targets ## rustfmt check, clippy natively and on both wasm targets
 	cargo fmt --all --check
