@@ -61,7 +61,8 @@ pub enum DenyReason {
     /// The first source present holds an empty or undecodable credential, or a header without
     /// its prefix.
     TokenMalformed,
-    /// The credential's name appears more than once (parameter, cookie, header, subprotocol).
+    /// The credential's name appears more than once (parameter, cookie, header, subprotocol),
+    /// or credentials appear in more than one configured source.
     TokenDuplicated,
     /// A credential that matches no configured API key.
     ApiKeyInvalid,

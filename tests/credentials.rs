@@ -154,12 +154,23 @@ fn every_configured_key_is_accepted_with_its_own_id() {
 }
 
 #[test]
-fn an_invalid_credential_is_not_rescued_by_a_valid_one_in_a_later_source() {
-    let request = handshake("/ws?access_token=k-guess", &[("authorization", &format!("Bearer {KEY}"))]);
-    assert_eq!(refused(policy().decide(&request, NOW)).0, DenyReason::ApiKeyInvalid);
-    let malformed_first =
+fn credentials_in_two_places_are_refused_even_if_both_are_valid() {
+    // The upstream could read the copy that wsgate did not verify.
+    let both_valid =
+        handshake(&format!("/ws?access_token={KEY}"), &[("authorization", &format!("Bearer {KEY}"))]);
+    assert_eq!(refused(policy().decide(&both_valid, NOW)).0, DenyReason::TokenDuplicated);
+    let invalid_then_valid =
+        handshake("/ws?access_token=k-guess", &[("authorization", &format!("Bearer {KEY}"))]);
+    assert_eq!(refused(policy().decide(&invalid_then_valid, NOW)).0, DenyReason::TokenDuplicated);
+    let malformed_then_valid =
         handshake("/ws", &[("cookie", "ws_token="), ("authorization", &format!("Bearer {KEY}"))]);
-    assert_eq!(refused(policy().decide(&malformed_first, NOW)).0, DenyReason::TokenMalformed);
+    assert_eq!(refused(policy().decide(&malformed_then_valid, NOW)).0, DenyReason::TokenDuplicated);
+}
+
+#[test]
+fn an_invalid_credential_in_the_only_source_present_is_refused() {
+    let request = handshake("/ws?access_token=k-guess", &[("cookie", "theme=dark")]);
+    assert_eq!(refused(policy().decide(&request, NOW)).0, DenyReason::ApiKeyInvalid);
 }
 
 #[test]

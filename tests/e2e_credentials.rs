@@ -138,6 +138,12 @@ async fn every_refused_credential_gets_401_and_never_reaches_the_upstream() {
             "error=\"invalid_token\"",
         ),
         (
+            "a valid key in two places at once",
+            format!("/ws?access_token={KEY}"),
+            vec![bearer.clone().into()],
+            "error=\"invalid_token\"",
+        ),
+        (
             "a header without its prefix",
             "/ws".into(),
             vec![format!("authorization: Basic {KEY}").into()],

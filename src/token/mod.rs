@@ -124,9 +124,16 @@ impl Auth {
     /// edits that remove any identity header the client sent, remove the credential (with
     /// `strip`) and forward the verified identity.
     pub fn check(&self, request: &Request, now: u64) -> Result<Vec<RequestEdit<'_>>, DenyReason> {
-        // The first source present carries the credential; one that is present but invalid is
-        // refused, never rescued by a later source.
-        let found = self.sources.iter().map(|source| source.lookup(request)).find(|l| *l != Lookup::Absent);
+        // The source present carries the credential; one that is present but invalid is
+        // refused, never rescued by another source.
+        let mut present =
+            self.sources.iter().map(|source| source.lookup(request)).filter(|l| *l != Lookup::Absent);
+        let found = present.next();
+        // A credential in a second place too is refused like one given twice in one place:
+        // the upstream could read the copy that wsgate did not verify.
+        if present.next().is_some() {
+            return Err(DenyReason::TokenDuplicated);
+        }
         let (credential, strip) = match found {
             None | Some(Lookup::Absent) => return Err(DenyReason::TokenMissing),
             Some(Lookup::Duplicated) => return Err(DenyReason::TokenDuplicated),
