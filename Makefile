@@ -14,9 +14,10 @@ export WSGATE_WASM  := $(abspath $(WASM))
 CERT          := .run/tls/cert.pem
 FUZZ_TARGETS  := config origin credential_sources jwt decide
 FUZZ_SECONDS  ?= 60
+SOAK_SECONDS  ?= 180
 
 .PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
-	fuzz fuzz-smoke fuzz-tools
+	fuzz fuzz-smoke fuzz-tools soak
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,6 +53,7 @@ build: targets ## Build the module and the demo upstream and client
 	cargo build --release --target wasm32-wasip1 -p wsgate --lib
 	cargo build --release -p wsgate --features schema --bin wsgate-check
 	cargo build --release -p wsgate-echo
+	cargo build --release --target wasm32-wasip1 -p wsgate-test-crasher
 	@ls -l $(WASM)
 
 run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
@@ -65,6 +67,9 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies
+
+soak: build envoy cert ## Mixed traffic through Envoy for SOAK_SECONDS (180); make test runs 5 s of it
+	WSGATE_SOAK_SECONDS=$(SOAK_SECONDS) cargo test --all-features --test soak -- --nocapture
 
 fuzz-tools: ## The nightly toolchain and cargo-fuzz
 	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

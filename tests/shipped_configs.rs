@@ -199,3 +199,17 @@ fn envoy_refuses_to_start_with_a_bad_plugin_config() {
     assert!(!status.success());
     assert!(log.contains("allowed_origins[0]: \"*\" is not an origin"), "{log}");
 }
+
+#[test]
+fn every_shipped_envoy_config_fails_closed() {
+    for path in ["envoy/envoy.yaml", "envoy/ecds/wsgate.yaml"] {
+        let config = yaml(&repo().join(path));
+        let policies = strings(&config, "failure_policy");
+        let mut wasm_filters = Vec::new();
+        find_all(&config, "vm_config", &mut wasm_filters);
+        assert_eq!(policies.len(), wasm_filters.len(), "{path}: a wasm filter without failure_policy");
+        assert!(policies.iter().all(|p| *p == "FAIL_CLOSED"), "{path}: {policies:?}");
+        let text = std::fs::read_to_string(repo().join(path)).unwrap();
+        assert!(!text.contains("FAIL_OPEN") && !text.contains("fail_open"), "{path} can fail open");
+    }
+}

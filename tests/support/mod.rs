@@ -186,6 +186,17 @@ impl Envoy {
         envoy
     }
 
+    /// The Envoy process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The value of one admin stat, if Envoy has it.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let stats = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))?;
+        stats.lines().find_map(|line| line.strip_prefix(&format!("{name}: ")))?.trim().parse().ok()
+    }
+
     /// Removes `dir` when this Envoy stops.
     pub fn also_remove(&mut self, dir: PathBuf) {
         self.others.push(dir);
