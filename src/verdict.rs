@@ -31,6 +31,24 @@ pub enum RequestEdit<'p> {
     Lines(&'p str, Vec<Vec<u8>>),
 }
 
+impl RequestEdit<'_> {
+    /// Applies the edit to a header list the way the shell's host calls change Envoy's: what the
+    /// upstream receives. For checkers and tests; the shell edits Envoy's map directly.
+    pub fn apply(self, headers: &mut Vec<(String, Vec<u8>)>) {
+        match self {
+            RequestEdit::Set(name, value) => {
+                headers.retain(|(n, _)| n != name);
+                headers.push((name.to_string(), value));
+            }
+            RequestEdit::Remove(name) => headers.retain(|(n, _)| n != name),
+            RequestEdit::Lines(name, lines) => {
+                headers.retain(|(n, _)| n != name);
+                headers.extend(lines.into_iter().map(|line| (name.to_string(), line)));
+            }
+        }
+    }
+}
+
 /// A refusal: the reason, and the local reply that carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial<'p> {

@@ -10,17 +10,7 @@ use wsgate::{Policy, Request, RequestEdit, Response};
 /// Applies edits to a header list as the shell does to Envoy's.
 fn apply(mut headers: Vec<(String, Vec<u8>)>, edits: Vec<RequestEdit<'_>>) -> Vec<(String, Vec<u8>)> {
     for edit in edits {
-        match edit {
-            RequestEdit::Set(name, value) => {
-                headers.retain(|(n, _)| n != name);
-                headers.push((name.to_string(), value));
-            }
-            RequestEdit::Remove(name) => headers.retain(|(n, _)| n != name),
-            RequestEdit::Lines(name, lines) => {
-                headers.retain(|(n, _)| n != name);
-                headers.extend(lines.into_iter().map(|line| (name.to_string(), line)));
-            }
-        }
+        edit.apply(&mut headers);
     }
     headers
 }
