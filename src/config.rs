@@ -145,6 +145,38 @@ pub struct JwtConfig {
     /// Verified claims forwarded as headers. Defaults to none.
     #[serde(default)]
     pub claims_to_headers: Vec<ClaimHeader>,
+    /// The cache of verified tokens. Defaults to 1024 entries for at most 300 s each.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// `auth.jwt.cache`: verified tokens kept per VM, keyed by their SHA-256, until the earlier of
+/// their `exp` (plus leeway) and `ttl_seconds`. Failures are never kept.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The most tokens kept; the one used longest ago makes room. 0 turns the cache off.
+    /// Defaults to 1024.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// The longest a token is kept, whatever its `exp`. Defaults to 300.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> CacheConfig {
+        CacheConfig { max_entries: default_cache_entries(), ttl_seconds: default_cache_ttl() }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    1024
+}
+
+fn default_cache_ttl() -> u64 {
+    300
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -43,6 +43,9 @@ impl Counters {
     }
 
     fn add(&self, counter: Counter, amount: usize) {
+        if amount == 0 {
+            return;
+        }
         if let Some(&id) = self.ids.get(counter.index()) {
             let _ = hostcalls::increment_metric(id, i64::try_from(amount).unwrap_or(i64::MAX));
         }
@@ -147,6 +150,11 @@ impl HttpContext for Stream {
         }
         if let Some(counter) = Counter::for_verdict(&verdict) {
             self.counters.add(counter, 1);
+        }
+        if let Some(policy) = policy {
+            let (hits, misses) = policy.take_cache_counts();
+            self.counters.add(Counter::CredentialCacheHits, usize::try_from(hits).unwrap_or(usize::MAX));
+            self.counters.add(Counter::CredentialCacheMisses, usize::try_from(misses).unwrap_or(usize::MAX));
         }
         match verdict {
             Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => Action::Continue,

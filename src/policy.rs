@@ -196,6 +196,14 @@ impl Policy {
         }
     }
 
+    /// The credential caches' hits and misses since the last call, over every policy.
+    pub fn take_cache_counts(&self) -> (u64, u64) {
+        self.all_rules()
+            .filter_map(|rules| rules.auth.as_ref())
+            .map(Auth::take_cache_counts)
+            .fold((0, 0), |(hits, misses), (h, m)| (hits + h, misses + m))
+    }
+
     /// Every counter's full name, in [`crate::stats::Counter::index`] order.
     pub fn stat_names(&self) -> &[String] {
         &self.stat_names

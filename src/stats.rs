@@ -24,21 +24,32 @@ pub enum Counter {
     ResponseHeadersAdded,
     /// Configurations loaded (once per VM).
     ConfigLoads,
+    /// Verified JWTs served from the cache.
+    CredentialCacheHits,
+    /// JWTs looked up in the cache and not found there (then verified).
+    CredentialCacheMisses,
 }
 
 /// Configurations refused. Not under a `stat_prefix`: a refused configuration has none.
 pub const CONFIG_REJECTIONS: &str = "wsgate.config_rejections";
 
-const FIXED: usize = 4;
+const FIXED: usize = 6;
 const REASONS: usize = DenyReason::ALL.len();
 
 impl Counter {
     /// Every counter, in index order.
     pub fn all() -> impl Iterator<Item = Counter> {
-        [Counter::Allowed, Counter::ShadowAllowed, Counter::ResponseHeadersAdded, Counter::ConfigLoads]
-            .into_iter()
-            .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
-            .chain(DenyReason::ALL.into_iter().map(Counter::ShadowDenied))
+        [
+            Counter::Allowed,
+            Counter::ShadowAllowed,
+            Counter::ResponseHeadersAdded,
+            Counter::ConfigLoads,
+            Counter::CredentialCacheHits,
+            Counter::CredentialCacheMisses,
+        ]
+        .into_iter()
+        .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
+        .chain(DenyReason::ALL.into_iter().map(Counter::ShadowDenied))
     }
 
     /// The counter's place in [`names`].
@@ -48,6 +59,8 @@ impl Counter {
             Counter::ShadowAllowed => 1,
             Counter::ResponseHeadersAdded => 2,
             Counter::ConfigLoads => 3,
+            Counter::CredentialCacheHits => 4,
+            Counter::CredentialCacheMisses => 5,
             Counter::Denied(reason) => FIXED + reason_index(reason),
             Counter::ShadowDenied(reason) => FIXED + REASONS + reason_index(reason),
         }
@@ -60,6 +73,8 @@ impl Counter {
             Counter::ShadowAllowed => "shadow_allowed".to_string(),
             Counter::ResponseHeadersAdded => "response_headers_added".to_string(),
             Counter::ConfigLoads => "config_loads".to_string(),
+            Counter::CredentialCacheHits => "credential_cache.hits".to_string(),
+            Counter::CredentialCacheMisses => "credential_cache.misses".to_string(),
             Counter::Denied(reason) => format!("denied.{}", reason.as_str()),
             Counter::ShadowDenied(reason) => format!("shadow_denied.{}", reason.as_str()),
         }

@@ -529,3 +529,80 @@ fn with_jwt_and_api_keys_a_three_segment_credential_is_read_as_a_jwt_and_others_
     let not_a_token = policy.decide(&handshake("/ws?access_token=a.b.c", &[]), NOW);
     assert_eq!(refused(not_a_token).0, DenyReason::TokenMalformed);
 }
+
+/// A policy accepting HS256 tokens with a known secret, keeping at most `entries` of them.
+fn cached_jwt_policy(entries: usize) -> Policy {
+    let json = format!(
+        r#"{{"allowed_origins": ["https://app.example.com"],
+            "auth": {{"sources": [{{"query": "t"}}],
+                     "jwt": {{"algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "k": "{}"}}]}},
+                             "issuers": ["https://issuer.example"], "audiences": ["chat"], "leeway_seconds": 0,
+                             "claims_to_headers": [{{"claim": "sub", "header": "x-sub"}}],
+                             "cache": {{"max_entries": {entries}, "ttl_seconds": 300}}}}}}}}"#,
+        HMAC_SECRET.trim()
+    );
+    Policy::from_json(json.as_bytes()).unwrap()
+}
+
+/// An HS256 token for `sub`, expiring at `exp`, signed with the test secret.
+fn hs256(sub: &str, exp: u64) -> String {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    use hmac::{KeyInit, Mac};
+    let header = Base64UrlUnpadded::encode_string(br#"{"alg":"HS256"}"#);
+    let claims = format!(r#"{{"iss":"https://issuer.example","aud":"chat","sub":"{sub}","exp":{exp}}}"#);
+    let input = format!("{header}.{}", Base64UrlUnpadded::encode_string(claims.as_bytes()));
+    let secret = Base64UrlUnpadded::decode_vec(HMAC_SECRET.trim()).unwrap();
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(&secret).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", Base64UrlUnpadded::encode_string(&mac.finalize().into_bytes()))
+}
+
+fn with_token(token: &str) -> Request {
+    handshake(&format!("/ws?t={token}"), &[])
+}
+
+#[test]
+fn a_repeated_token_is_served_from_the_cache_with_the_same_identity() {
+    let policy = cached_jwt_policy(8);
+    let token = hs256("u1", NOW + 60);
+    let first = admitted(policy.decide(&with_token(&token), NOW));
+    let second = admitted(policy.decide(&with_token(&token), NOW));
+    assert_eq!(first, second);
+    assert!(first.contains(&RequestEdit::Set("x-sub", b"u1".to_vec())));
+    assert_eq!(policy.take_cache_counts(), (1, 1));
+}
+
+#[test]
+fn a_cached_token_is_never_served_after_it_expires() {
+    let policy = cached_jwt_policy(8);
+    let token = hs256("u1", NOW + 60);
+    admitted(policy.decide(&with_token(&token), NOW));
+    assert_eq!(refused(policy.decide(&with_token(&token), NOW + 60)).0, DenyReason::TokenExpired);
+}
+
+#[test]
+fn the_cache_keeps_no_more_tokens_than_its_bound() {
+    let policy = cached_jwt_policy(2);
+    let tokens: Vec<String> = (0..5).map(|n| hs256(&format!("u{n}"), NOW + 60)).collect();
+    for token in &tokens {
+        admitted(policy.decide(&with_token(token), NOW));
+    }
+    policy.take_cache_counts();
+    // Only the last two are kept: the first three are verified again.
+    for token in &tokens {
+        admitted(policy.decide(&with_token(token), NOW));
+    }
+    let (hits, misses) = policy.take_cache_counts();
+    assert_eq!(hits + misses, 5);
+    assert!(hits <= 2, "{hits} hits from a cache of 2");
+}
+
+#[test]
+fn a_refused_token_is_never_cached() {
+    let policy = cached_jwt_policy(8);
+    let expired = hs256("u1", NOW - 1);
+    for _ in 0..3 {
+        assert_eq!(refused(policy.decide(&with_token(&expired), NOW)).0, DenyReason::TokenExpired);
+    }
+    assert_eq!(policy.take_cache_counts(), (0, 3));
+}

@@ -169,3 +169,19 @@ async fn a_jwt_in_a_subprotocol_admits_the_socket_and_the_applications_protocol_
     assert_eq!(seen.header_values("sec-websocket-protocol"), vec!["chat.v2"]);
     assert_eq!(seen.header_values("x-wsgate-subject"), vec!["user-17"]);
 }
+
+#[tokio::test]
+async fn a_repeated_token_is_verified_once_and_then_served_from_the_cache() {
+    let gate = Gate::start(&[&config()]).await;
+    let token = sign(Algorithm::RS256, "rsa-1", claims(300));
+    for _ in 0..3 {
+        let mut socket =
+            ws_connect(gate.port(), &format!("/ws?access_token={token}"), &[ALLOWED]).await.unwrap();
+        assert_eq!(ws_echo(&mut socket, "hi").await, "hi");
+    }
+    for seen in gate.upstream_requests() {
+        assert_eq!(seen.header_values("x-wsgate-subject"), vec!["user-17"], "a cached identity differs");
+    }
+    assert_eq!(gate.envoy.stat("wasmcustom.wsgate.default.credential_cache.misses"), Some(1));
+    assert_eq!(gate.envoy.stat("wasmcustom.wsgate.default.credential_cache.hits"), Some(2));
+}

@@ -2,14 +2,17 @@
 //! check: never a panic.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use wsgate::{Policy, Request, Response};
 
-fn policy() -> &'static Policy {
-    static POLICY: OnceLock<Policy> = OnceLock::new();
-    POLICY.get_or_init(|| {
-        let jwks: serde_json::Value = serde_json::from_str(include_str!("../../tests/keys/jwks.json")).expect("jwks");
+thread_local! {
+    // Per thread, as in a VM: the policy holds its credential cache.
+    static POLICY: Policy = policy();
+}
+
+fn policy() -> Policy {
+    {
+        let jwks: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/keys/jwks.json")).expect("jwks");
         let json = serde_json::json!({
             "policies": [{"match": {"hosts": ["*.example.net"], "path_prefix": "/ws"},
                           "allowed_origins": ["https://**.example.net"], "mode": "shadow"}],
@@ -23,7 +26,7 @@ fn policy() -> &'static Policy {
             }
         });
         Policy::from_json(json.to_string().as_bytes()).expect("policy")
-    })
+    }
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -38,9 +41,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let request = Request::new(headers).with_tls(flags & 1 == 1);
-    let verdict = policy().decide(&request, 1_800_000_000);
-    let _ = verdict.log_line(&request);
-    let plan = policy().plan_response(&request, &verdict);
-    let status = if flags & 2 == 2 { b"101".to_vec() } else { b"200".to_vec() };
-    let _ = policy().respond(plan, &Response::new(vec![(":status".into(), status)]));
+    POLICY.with(|policy| {
+        let verdict = policy.decide(&request, 1_800_000_000);
+        let _ = verdict.log_line(&request);
+        let plan = policy.plan_response(&request, &verdict);
+        let status = if flags & 2 == 2 { b"101".to_vec() } else { b"200".to_vec() };
+        let _ = policy.respond(plan, &Response::new(vec![(":status".into(), status)]));
+        let _ = policy.take_cache_counts();
+    });
 });

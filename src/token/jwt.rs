@@ -213,12 +213,13 @@ impl JwtVerifier {
         Ok(())
     }
 
-    /// The forwarded claims as (header, value) pairs. A mapped claim that is absent or not a
-    /// string or number is left out; one that holds control characters refuses the token, since
-    /// it cannot be forwarded faithfully in a header.
-    pub fn identity<'p>(&'p self, claims: &Claims) -> Result<Vec<(&'p str, Vec<u8>)>, DenyReason> {
+    /// The forwarded claims as (index of the header, value) pairs; [`JwtVerifier::header`]
+    /// names the header. A mapped claim that is absent or not a string or number is left out;
+    /// one that holds control characters refuses the token, since it cannot be forwarded
+    /// faithfully in a header.
+    pub fn identity(&self, claims: &Claims) -> Result<Vec<(usize, Vec<u8>)>, DenyReason> {
         let mut headers = Vec::new();
-        for (claim, header) in &self.claims_to_headers {
+        for (index, (claim, _)) in self.claims_to_headers.iter().enumerate() {
             let value = match claims.get(claim) {
                 Some(Value::String(text)) => text.clone(),
                 Some(Value::Number(number)) => number.to_string(),
@@ -227,9 +228,23 @@ impl JwtVerifier {
             if value.bytes().any(|b| b.is_ascii_control()) {
                 return Err(DenyReason::TokenMalformed);
             }
-            headers.push((header.as_str(), value.into_bytes()));
+            headers.push((index, value.into_bytes()));
         }
         Ok(headers)
+    }
+
+    /// The name of forwarded header `index`.
+    pub fn header(&self, index: usize) -> Option<&str> {
+        self.claims_to_headers.get(index).map(|(_, header)| header.as_str())
+    }
+
+    /// The first second at which a verified token is refused as expired (`exp` plus leeway,
+    /// rounded up), if it has an `exp`.
+    pub fn expiry(&self, claims: &Claims) -> Option<u64> {
+        let exp = claims.get("exp")?.as_f64()?;
+        let end = (exp + self.leeway as f64).ceil();
+        // `as` saturates: a date past u64::MAX seconds becomes u64::MAX.
+        (end.is_finite() && end >= 0.0).then_some(end as u64)
     }
 }
 
@@ -313,6 +328,7 @@ mod tests {
             require_exp: true,
             max_token_bytes: 8192,
             claims_to_headers: vec![ClaimHeader { claim: "sub".into(), header: "x-subject".into() }],
+            cache: Default::default(),
         };
         JwtVerifier::compile(&config, &|_| None).unwrap()
     }
@@ -345,7 +361,8 @@ mod tests {
     #[test]
     fn a_valid_token_verifies_and_its_claims_become_headers() {
         let claims = hs256().verify(&token(HEADER, &claims_with("")), NOW).unwrap();
-        assert_eq!(hs256().identity(&claims).unwrap(), vec![("x-subject", b"u1".to_vec())]);
+        assert_eq!(hs256().identity(&claims).unwrap(), vec![(0, b"u1".to_vec())]);
+        assert_eq!(hs256().header(0), Some("x-subject"));
     }
 
     #[test]

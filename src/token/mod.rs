@@ -1,6 +1,7 @@
 //! The handshake's credential: where it comes from ([`source`]), how it is verified, and what
 //! the upstream gets instead of it (the verified identity, never the credential).
 
+pub mod cache;
 pub mod jwk;
 pub mod jwt;
 pub mod source;
@@ -13,6 +14,7 @@ use crate::error::ConfigError;
 use crate::headers::is_tchar;
 use crate::request::Request;
 use crate::verdict::{DenyReason, RequestEdit};
+use cache::CredentialCache;
 use jwt::JwtVerifier;
 use source::{Lookup, Source};
 
@@ -21,6 +23,8 @@ use source::{Lookup, Source};
 pub struct Auth {
     sources: Vec<Source>,
     jwt: Option<JwtVerifier>,
+    /// Verified JWTs, by the SHA-256 of the token.
+    cache: CredentialCache,
     api_keys: Vec<ApiKey>,
     key_id_header: String,
     strip: bool,
@@ -95,9 +99,13 @@ impl Auth {
                 }
             }
         }
+        let cache = config.jwt.as_ref().map(|jwt| jwt.cache).unwrap_or_default();
+        let cache =
+            CredentialCache::new(if jwt.is_some() { cache.max_entries } else { 0 }, cache.ttl_seconds);
         Ok(Auth {
             sources,
             jwt,
+            cache,
             api_keys,
             key_id_header,
             strip: config.strip,
@@ -114,6 +122,11 @@ impl Auth {
             self.api_keys.len(),
             self.strip
         )
+    }
+
+    /// The cache's hits and misses since the last call.
+    pub fn take_cache_counts(&self) -> (u64, u64) {
+        self.cache.take_counts()
     }
 
     pub fn deny_status(&self) -> u16 {
@@ -163,8 +176,20 @@ impl Auth {
         let looks_like_jwt = credential.iter().filter(|&&b| b == b'.').count() == 2;
         match &self.jwt {
             Some(jwt) if self.api_keys.is_empty() || looks_like_jwt => {
-                let claims = jwt.verify(credential, now)?;
-                jwt.identity(&claims)
+                let key: [u8; 32] = Sha256::digest(credential).into();
+                let identity = match self.cache.get(&key, now) {
+                    Some(identity) => identity,
+                    None => {
+                        let claims = jwt.verify(credential, now)?;
+                        let identity = jwt.identity(&claims)?;
+                        self.cache.put(key, identity.clone(), jwt.expiry(&claims), now);
+                        identity
+                    }
+                };
+                Ok(identity
+                    .into_iter()
+                    .filter_map(|(index, value)| Some((jwt.header(index)?, value)))
+                    .collect())
             }
             _ => {
                 let key = self.verify_api_key(credential).ok_or(DenyReason::ApiKeyInvalid)?;
