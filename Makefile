@@ -17,7 +17,7 @@ FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
 .PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
-	fuzz fuzz-smoke fuzz-tools soak
+	fuzz fuzz-smoke fuzz-tools soak bench-core
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies
+
+bench-core: ## Criterion micro-benchmarks of the core (decide on each path, compile), natively
+	cargo bench --all-features --profile bench-core --bench core
 
 soak: build envoy cert ## Mixed traffic through Envoy for SOAK_SECONDS (180); make test runs 5 s of it
 	WSGATE_SOAK_SECONDS=$(SOAK_SECONDS) cargo test --all-features --test soak -- --nocapture
