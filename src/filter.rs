@@ -10,7 +10,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::headers::{HeaderEdit, Response};
-use crate::policy::{decide, plan_response, respond, Policy, ResponsePlan};
+use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
 use crate::request::Request;
 use crate::stats::{Counter, CONFIG_REJECTIONS};
 use crate::verdict::{RequestEdit, Verdict};
@@ -143,8 +143,8 @@ impl HttpContext for Stream {
             .map(|elapsed| elapsed.as_secs())
             .unwrap_or_default();
         let policy = self.policy.as_deref();
-        let verdict = decide(policy, &request, now);
-        self.plan = plan_response(policy, &request, &verdict);
+        let (verdict, plan) = decide_and_plan(policy, &request, now);
+        self.plan = plan;
         if let Some(line) = verdict.log_line(&request) {
             log::warn!("{line}");
         }

@@ -43,6 +43,6 @@ mod filter;
 pub use config::{Admission, Config};
 pub use error::ConfigError;
 pub use headers::{HeaderEdit, Response};
-pub use policy::{decide, plan_response, respond, Policy, ResponsePlan};
+pub use policy::{decide, decide_and_plan, plan_response, respond, Policy, ResponsePlan};
 pub use request::Request;
 pub use verdict::{Denial, DenyReason, RequestEdit, Verdict};

@@ -67,6 +67,19 @@ pub struct ResponsePlan {
     secure: bool,
 }
 
+impl ResponsePlan {
+    /// Only answers to ordinary requests get the security headers; HSTS only over TLS.
+    fn new(
+        applies: Applies,
+        rules: Option<&Rules>,
+        request: &Request,
+        verdict: &Verdict<'_>,
+    ) -> ResponsePlan {
+        let secure = rules.is_some_and(|rules| rules.secure(request));
+        ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure }
+    }
+}
+
 /// For a response whose request the filter never saw (Envoy answered it before the filter
 /// chain ran): the default policy's headers, without HSTS.
 impl Default for ResponsePlan {
@@ -171,21 +184,30 @@ impl Policy {
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch. An
     /// upgrade that no policy applies to is refused.
     pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
-        let rules = self.rules(self.applies(request));
-        if !request.is_upgrade() {
-            return Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default());
-        }
-        match rules {
-            Some(rules) => rules.decide(request, now),
-            None => Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)),
-        }
+        self.decide_and_plan(request, now).0
+    }
+
+    /// Decides one request and what its response will need, choosing the policy once: what the
+    /// shell calls for every request.
+    pub fn decide_and_plan(&self, request: &Request, now: u64) -> (Verdict<'_>, ResponsePlan) {
+        let applies = self.applies(request);
+        let rules = self.rules(applies);
+        let verdict = if !request.is_upgrade() {
+            Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default())
+        } else {
+            match rules {
+                Some(rules) => rules.decide(request, now),
+                None => Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)),
+            }
+        };
+        let plan = ResponsePlan::new(applies, rules, request, &verdict);
+        (verdict, plan)
     }
 
     /// What the response to `request` will need, once `verdict` was reached.
     pub fn plan_response(&self, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
         let applies = self.applies(request);
-        let secure = self.rules(applies).is_some_and(|rules| rules.secure(request));
-        ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure }
+        ResponsePlan::new(applies, self.rules(applies), request, verdict)
     }
 
     /// The header edits for one response.
@@ -427,10 +449,21 @@ fn unruled_denial(reason: DenyReason) -> Denial<'static> {
 /// ever loaded) upgrades are refused with 503 and other requests pass: wsgate fails closed for
 /// what it guards and does not take ordinary traffic down with it.
 pub fn decide<'p>(policy: Option<&'p Policy>, request: &Request, now: u64) -> Verdict<'p> {
+    decide_and_plan(policy, request, now).0
+}
+
+/// [`Policy::decide_and_plan`] with whatever policy the VM holds (see [`decide`]).
+pub fn decide_and_plan<'p>(
+    policy: Option<&'p Policy>,
+    request: &Request,
+    now: u64,
+) -> (Verdict<'p>, ResponsePlan) {
     match policy {
-        Some(policy) => policy.decide(request, now),
-        None if request.is_upgrade() => Verdict::Deny(unruled_denial(DenyReason::NoPolicy)),
-        None => Verdict::Pass(Vec::new()),
+        Some(policy) => policy.decide_and_plan(request, now),
+        None if request.is_upgrade() => {
+            (Verdict::Deny(unruled_denial(DenyReason::NoPolicy)), ResponsePlan::default())
+        }
+        None => (Verdict::Pass(Vec::new()), ResponsePlan::default()),
     }
 }
 
