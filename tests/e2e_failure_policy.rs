@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::client::raw;
-use support::{bootstrap_yaml, free_port, listener_yaml, repo, wasm_path, Envoy, Recorder};
+use support::{bootstrap_yaml, listener_yaml, repo, wasm_path, Envoy, Recorder};
 
 /// A listener whose filter is the crasher, in a VM of its own, with `policy`.
 fn crasher_listener(name: &str, port: u16, policy: &str) -> String {
@@ -34,13 +34,14 @@ async fn get(port: u16, crash: bool) -> u16 {
 async fn a_crashed_vm_refuses_with_fail_closed_lets_everything_through_with_fail_open_and_comes_back_with_fail_reload(
 ) {
     let upstream = wsgate_echo::start("127.0.0.1:0", Recorder::default()).await.unwrap();
-    let (closed, open, reload, admin) = (free_port(), free_port(), free_port(), free_port());
     let listeners = [
-        crasher_listener("closed", closed, "FAIL_CLOSED"),
-        crasher_listener("open", open, "FAIL_OPEN"),
-        crasher_listener("reload", reload, "FAIL_RELOAD"),
+        crasher_listener("closed", 0, "FAIL_CLOSED"),
+        crasher_listener("open", 0, "FAIL_OPEN"),
+        crasher_listener("reload", 0, "FAIL_RELOAD"),
     ];
-    let envoy = Envoy::start(&bootstrap_yaml(&listeners, upstream, admin), admin);
+    let envoy = Envoy::start(&bootstrap_yaml(&listeners, upstream, 0));
+    let (closed, open, reload) =
+        (envoy.listener_port("closed"), envoy.listener_port("open"), envoy.listener_port("reload"));
     for port in [closed, open, reload] {
         assert_eq!(get(port, false).await, 200, "before the crash");
     }

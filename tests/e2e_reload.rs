@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::client::{ws_connect, ws_echo};
-use support::{free_port, wasm_path, Envoy, Recorder};
+use support::{wasm_path, Envoy, Recorder};
 
 fn ecds_resource(allowed_origin: &str) -> String {
     let plugin = format!(r#"{{"allowed_origins": ["{allowed_origin}"], "require_tls": false}}"#);
@@ -108,9 +108,9 @@ async fn a_new_configuration_applies_to_new_handshakes_while_open_sockets_keep_w
     std::fs::create_dir_all(&dir).unwrap();
     let resource = dir.join("wsgate.yaml");
     std::fs::write(&resource, ecds_resource("https://app.example.com")).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let mut envoy = Envoy::start(&bootstrap(port, admin_port, upstream, &resource), admin_port);
+    let mut envoy = Envoy::start(&bootstrap(0, 0, upstream, &resource));
     envoy.also_remove(dir);
+    let port = envoy.listener_port("ecds");
 
     until_status(port, "https://app.example.com", 101).await;
     let mut admitted_before =

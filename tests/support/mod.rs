@@ -45,7 +45,8 @@ pub fn wasm_path() -> PathBuf {
     path
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1: only for configs that are validated, never
+/// bound (a running Envoy gets port 0 and binds a free one itself).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -167,23 +168,41 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy on `bootstrap` and waits until its admin says it is ready.
-    pub fn start(bootstrap: &str, admin_port: u16) -> Envoy {
+    /// Starts Envoy on `bootstrap` and waits until its admin says it is ready. Give the admin
+    /// and the listeners port 0: Envoy binds free ports itself, so that no other process can
+    /// take a port between its choice and its use; [`Envoy::listener_port`] tells them.
+    pub fn start(bootstrap: &str) -> Envoy {
         let dir = scratch_dir();
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, bootstrap).unwrap();
+        let admin_address = dir.join("admin-address");
         let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_address)
             .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut envoy = Envoy { child, dir, others: Vec::new(), admin_port };
-        envoy.wait_ready();
+        let mut envoy = Envoy { child, dir, others: Vec::new(), admin_port: 0 };
+        envoy.wait_ready(&admin_address);
         envoy
+    }
+
+    /// The port a listener of this Envoy is bound to, by the listener's name.
+    pub fn listener_port(&self, name: &str) -> u16 {
+        let listeners = self.admin_get("/listeners?format=json").expect("the admin's /listeners");
+        let listeners: serde_json::Value = serde_json::from_str(&listeners).unwrap();
+        let status = listeners["listener_statuses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|status| status["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name}: {listeners}"));
+        u16::try_from(status["local_address"]["socket_address"]["port_value"].as_u64().unwrap()).unwrap()
     }
 
     /// The Envoy process's id.
@@ -202,13 +221,18 @@ impl Envoy {
         self.others.push(dir);
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, admin_address: &Path) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("Envoy exited during start-up ({status}):\n{}", self.log());
             }
-            if self.admin_get("/ready").is_some_and(|body| body.contains("LIVE")) {
+            if self.admin_port == 0 {
+                // Envoy writes "127.0.0.1:<port>" once its admin listens.
+                let address = std::fs::read_to_string(admin_address).unwrap_or_default();
+                self.admin_port = address.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            }
+            if self.admin_port != 0 && self.admin_get("/ready").is_some_and(|body| body.contains("LIVE")) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -224,7 +248,13 @@ impl Envoy {
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+        if head.split(' ').nth(1) != Some("200") {
+            return None;
+        }
+        let chunked = head
+            .lines()
+            .any(|line| line.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+        Some(if chunked { dechunk(body)? } else { body.to_string() })
     }
 
     /// Everything Envoy has logged so far.
@@ -249,6 +279,20 @@ impl Drop for Envoy {
         for dir in &self.others {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// The body of a chunked HTTP/1.1 response (RFC 9112 section 7.1).
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix("\r\n")?;
     }
 }
 
@@ -286,19 +330,17 @@ impl Gate {
         let files = TlsFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem") };
         std::fs::write(&files.cert, certified.cert.pem()).unwrap();
         std::fs::write(&files.key, certified.signing_key.serialize_pem()).unwrap();
-        let ports: Vec<u16> = listeners.iter().map(|_| free_port()).collect();
         let yaml: Vec<String> = listeners
             .iter()
-            .zip(&ports)
             .enumerate()
-            .map(|(i, ((config, transport), port))| {
+            .map(|(i, (config, transport))| {
                 let tls = (*transport == Transport::Tls).then_some(&files);
-                listener_yaml(&format!("listener_{i}"), *port, config, tls)
+                listener_yaml(&format!("listener_{i}"), 0, config, tls)
             })
             .collect();
-        let admin_port = free_port();
-        let mut envoy = Envoy::start(&bootstrap_yaml(&yaml, upstream_addr, admin_port), admin_port);
+        let mut envoy = Envoy::start(&bootstrap_yaml(&yaml, upstream_addr, 0));
         envoy.also_remove(dir);
+        let ports = (0..listeners.len()).map(|i| envoy.listener_port(&format!("listener_{i}"))).collect();
         Gate { envoy, ports, upstream, certificate: certified.cert.der().to_vec() }
     }
 
