@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::client::{ws_connect, ws_echo};
-use support::{wasm_path, Envoy, Recorder};
+use support::{bootstrap_yaml, wasm_path, Envoy, Recorder};
 
 fn ecds_resource(allowed_origin: &str) -> String {
     let plugin = format!(r#"{{"allowed_origins": ["{allowed_origin}"], "require_tls": false}}"#);
@@ -36,13 +36,13 @@ fn ecds_resource(allowed_origin: &str) -> String {
     )
 }
 
-fn bootstrap(port: u16, admin_port: u16, upstream: std::net::SocketAddr, resource: &Path) -> String {
-    format!(
-        r#"node: {{id: wsgate-reload-test, cluster: wsgate-tests}}
-static_resources:
-  listeners:
+/// The shared test bootstrap, with one listener whose wsgate filter comes through ECDS from
+/// `resource`; a file subscription also needs the node's id and cluster.
+fn bootstrap(upstream: std::net::SocketAddr, resource: &Path) -> String {
+    let listener = format!(
+        r#"
   - name: ecds
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -58,23 +58,17 @@ static_resources:
           http_filters:
           - name: wsgate
             config_discovery:
-              config_source: {{path_config_source: {{path: {resource}}}}}
+              config_source: {{path_config_source: {{path: {}}}}}
               type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    connect_timeout: 2s
-    type: STATIC
-    load_assignment:
-      cluster_name: upstream
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
 "#,
-        resource = resource.display(),
-        upstream_port = upstream.port()
+        resource.display()
+    );
+    format!(
+        "node: {{id: wsgate-reload-test, cluster: wsgate-tests}}\n{}",
+        bootstrap_yaml(&[listener], upstream, 0)
     )
 }
 
@@ -108,7 +102,7 @@ async fn a_new_configuration_applies_to_new_handshakes_while_open_sockets_keep_w
     std::fs::create_dir_all(&dir).unwrap();
     let resource = dir.join("wsgate.yaml");
     std::fs::write(&resource, ecds_resource("https://app.example.com")).unwrap();
-    let mut envoy = Envoy::start(&bootstrap(0, 0, upstream, &resource));
+    let mut envoy = Envoy::start(&bootstrap(upstream, &resource));
     envoy.also_remove(dir);
     let port = envoy.listener_port("ecds");
 
