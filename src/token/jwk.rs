@@ -29,7 +29,8 @@ pub enum Algorithm {
     EdDSA,
 }
 
-const ALL: [Algorithm; 12] = [
+/// Every algorithm, in the order they are listed to users.
+pub const ALGORITHMS: [Algorithm; 12] = [
     Algorithm::HS256,
     Algorithm::HS384,
     Algorithm::HS512,
@@ -47,7 +48,7 @@ const ALL: [Algorithm; 12] = [
 impl Algorithm {
     /// The algorithm named exactly `name` (`alg` values are case-sensitive, RFC 7515 4.1.1).
     pub fn from_name(name: &str) -> Option<Algorithm> {
-        ALL.into_iter().find(|alg| alg.name() == name)
+        ALGORITHMS.into_iter().find(|alg| alg.name() == name)
     }
 
     pub fn name(self) -> &'static str {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::config::JwtConfig;
 use crate::error::ConfigError;
 use crate::headers::is_tchar;
-use crate::token::jwk::{Algorithm, Jwk};
+use crate::token::jwk::{Algorithm, Jwk, ALGORITHMS};
 use crate::verdict::DenyReason;
 
 /// The largest `leeway_seconds` accepted: more would keep expired tokens alive for minutes.
@@ -50,10 +50,8 @@ impl JwtVerifier {
                 ));
             }
             let alg = Algorithm::from_name(name).ok_or_else(|| {
-                ConfigError::new(
-                    field.clone(),
-                    format!("{name:?} is not one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
-                )
+                let names: Vec<&str> = ALGORITHMS.iter().map(|alg| alg.name()).collect();
+                ConfigError::new(field.clone(), format!("{name:?} is not one of {}", names.join(", ")))
             })?;
             if algorithms.contains(&alg) {
                 return Err(ConfigError::new(field, format!("{name:?} is listed twice")));
