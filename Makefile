@@ -11,13 +11,19 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 export WSGATE_ENVOY := $(abspath $(ENVOY))
 export WSGATE_WASM  := $(abspath $(WASM))
 
+# wasm-opt from Binaryen (npm, pinned): shrinks the module after cargo has built it.
+BINARYEN_VERSION := 132.0.0
+WASM_OPT      := .tools/binaryen/node_modules/.bin/wasm-opt
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
+NOOP_WASM     := target/wasm32-wasip1/release/wsgate_bench_noop.wasm
+
 CERT          := .run/tls/cert.pem
 FUZZ_TARGETS  := config origin credential_sources jwt decide
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
 .PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
-	fuzz fuzz-smoke fuzz-tools soak bench-core
+	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -47,10 +53,19 @@ $(CERT):
 	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
 	  -keyout $(dir $(CERT))key.pem -out $(CERT) 2>/dev/null
 
-setup: targets envoy wasm-bindgen-cli cert ## Everything the build and the tests need
+setup: targets envoy wasm-bindgen-cli cert wasm-opt ## Everything the build and the tests need
 
-build: targets ## Build the module and the demo upstream and client
+wasm-opt: $(WASM_OPT) ## Install Binaryen's wasm-opt (npm, pinned above) into .tools
+
+$(WASM_OPT):
+	npm install --silent --no-audit --no-fund --prefix .tools/binaryen binaryen@$(BINARYEN_VERSION)
+
+build: targets $(WASM_OPT) ## Build the module and the demo upstream and client
 	cargo build --release --target wasm32-wasip1 -p wsgate --lib
+	@# wasm-opt -Oz whenever cargo wrote a module that is not the one optimised last time.
+	@if ! sha256sum --status -c $(WASM).oz 2>/dev/null; then \
+	  $(WASM_OPT) -Oz $(WASM_FEATURES) $(WASM) -o $(WASM).tmp && mv -f $(WASM).tmp $(WASM) && sha256sum $(WASM) > $(WASM).oz; \
+	fi
 	cargo build --release -p wsgate --features schema --bin wsgate-check
 	cargo build --release -p wsgate-echo
 	cargo build --release --target wasm32-wasip1 -p wsgate-test-crasher
@@ -67,6 +82,16 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies
+
+bench: build envoy ## Plain Envoy, native filters, a do-nothing wasm filter and wsgate, in rounds (docs/BENCHMARKS.md)
+	cargo build --profile load -p wsgate-bench
+	cargo build --release --target wasm32-wasip1 -p wsgate-bench-noop
+	@if [ "$$(nproc)" -ge 2 ]; then \
+	  BENCH_REPORT=target/bench-report.md taskset -c 1 target/load/wsgate-bench; \
+	else \
+	  echo "one core only: Envoy and the load share it, so the figures mean little"; \
+	  BENCH_ENVOY_CORE=none target/load/wsgate-bench; \
+	fi
 
 bench-core: ## Criterion micro-benchmarks of the core (decide on each path, compile), natively
 	cargo bench --all-features --profile bench-core --bench core
@@ -104,4 +129,4 @@ fmt: ## Format the code
 
 clean: ## Remove build output and the Envoy virtualenv
 	cargo clean
-	rm -rf $(VENV) .run
+	rm -rf $(VENV) .run .tools

@@ -1,0 +1,331 @@
+//! One Envoy per variant, each with `--concurrency 1` and pinned to one core, and what the
+//! kernel says each one spent: CPU time (from its threads' `schedstat`, in nanoseconds) and
+//! resident memory.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::BoxError;
+
+/// What sits in front of the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The router alone.
+    Plain,
+    /// Envoy's own filters doing wsgate's job: RBAC on `Origin`, `jwt_authn` on the query
+    /// parameter, `response_headers_to_add` for the security headers.
+    Native,
+    /// A Rust proxy-wasm filter that does nothing: the floor of any wasm filter.
+    Noop,
+    /// wsgate.
+    Wsgate,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [Variant::Plain, Variant::Native, Variant::Noop, Variant::Wsgate];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain",
+            Variant::Native => "native",
+            Variant::Noop => "noop-wasm",
+            Variant::Wsgate => "wsgate",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the files a variant needs are.
+pub struct Inputs {
+    pub envoy: PathBuf,
+    pub wsgate_wasm: PathBuf,
+    pub noop_wasm: PathBuf,
+    /// The JWKS (JSON) both wsgate and `jwt_authn` verify with.
+    pub jwks: String,
+    pub issuer: &'static str,
+    pub audience: &'static str,
+    pub allowed_origin: &'static str,
+    pub token_param: &'static str,
+}
+
+/// The security headers wsgate adds by default to a plaintext response, which the native
+/// variant adds with `response_headers_to_add`.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "base-uri 'self'; connect-src 'self'; frame-ancestors 'self'; object-src 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    ("cross-origin-opener-policy", "same-origin"),
+];
+
+/// wsgate's plugin configuration for the benchmark: the same job as the native filters.
+pub fn wsgate_config(inputs: &Inputs) -> Result<String, BoxError> {
+    let jwks: serde_json::Value = serde_json::from_str(&inputs.jwks)?;
+    Ok(serde_json::json!({
+        "allowed_origins": [inputs.allowed_origin],
+        "require_tls": false,
+        "auth": {
+            "sources": [{"query": inputs.token_param}],
+            "jwt": {
+                "algorithms": ["RS256", "ES256", "EdDSA", "HS256"],
+                "jwks": jwks,
+                "issuers": [inputs.issuer],
+                "audiences": [inputs.audience],
+                "cache": {"max_entries": 1024}
+            }
+        }
+    })
+    .to_string())
+}
+
+fn wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) -> Result<String, BoxError> {
+    Ok(format!(
+        r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {root_id}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {wasm}}}}}"#,
+        configuration = serde_json::to_string(configuration)?,
+        wasm = wasm.display()
+    ))
+}
+
+fn native_filters(inputs: &Inputs) -> Result<String, BoxError> {
+    Ok(format!(
+        r#"
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  origin:
+                    permissions:
+                    - or_rules:
+                        rules:
+                        - not_rule: {{header: {{name: upgrade, present_match: true}}}}
+                        - header: {{name: origin, string_match: {{exact: "{origin}"}}}}
+                    principals: [{{any: true}}]
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                bench:
+                  issuer: {issuer}
+                  audiences: [{audience}]
+                  from_params: [{param}]
+                  local_jwks: {{inline_string: {jwks}}}
+                  jwt_cache_config: {{jwt_cache_size: 1024}}
+              rules:
+              - match: {{prefix: "/", headers: [{{name: upgrade, present_match: true}}]}}
+                requires: {{provider_name: bench}}"#,
+        origin = inputs.allowed_origin,
+        issuer = inputs.issuer,
+        audience = inputs.audience,
+        param = inputs.token_param,
+        jwks = serde_json::to_string(&inputs.jwks)?,
+    ))
+}
+
+fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<String, BoxError> {
+    let filters = match variant {
+        Variant::Plain => String::new(),
+        Variant::Native => native_filters(inputs)?,
+        Variant::Noop => wasm_filter("noop", "noop", &inputs.noop_wasm, "")?,
+        Variant::Wsgate => wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &wsgate_config(inputs)?)?,
+    };
+    let response_headers = if variant == Variant::Native {
+        let headers: Vec<String> = SECURITY_HEADERS
+            .iter()
+            .map(|(name, value)| {
+                format!(
+                    "{{header: {{key: {name}, value: {value}}}, append_action: APPEND_IF_EXISTS_OR_ADD}}",
+                    value = serde_json::Value::from(*value)
+                )
+            })
+            .collect();
+        format!("\n              response_headers_to_add: [{}]", headers.join(", "))
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        r#"static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          upgrade_configs: [{{upgrade_type: websocket}}]
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]{response_headers}
+              routes:
+              - {{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}
+          http_filters:{filters}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    connect_timeout: 2s
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+"#,
+        ip = upstream.ip(),
+        port = upstream.port()
+    ))
+}
+
+/// A running Envoy; dropping it kills the process.
+pub struct Envoy {
+    child: Child,
+    pub variant: Variant,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Envoy {
+    /// Starts the variant's Envoy, pinned to `core` when given, and waits for its listener.
+    pub fn start(
+        variant: Variant,
+        inputs: &Inputs,
+        upstream: SocketAddr,
+        core: Option<usize>,
+    ) -> Result<Envoy, BoxError> {
+        let dir = std::env::temp_dir().join(format!("wsgate-bench-{}-{variant}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, bootstrap(variant, inputs, upstream)?)?;
+        let admin_address = dir.join("admin-address");
+        let _ = std::fs::remove_file(&admin_address);
+        let mut command = match core {
+            Some(core) => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(core.to_string()).arg(&inputs.envoy);
+                taskset
+            }
+            None => Command::new(&inputs.envoy),
+        };
+        let child = command
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_address)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+            .arg("--base-id")
+            .arg(format!("{}", std::process::id() % 10_000 * 10 + variant as u32))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("envoy.log"))?)
+            .spawn()?;
+        let mut envoy = Envoy { child, variant, port: 0, dir };
+        envoy.port = envoy.wait_for_listener(&admin_address)?;
+        Ok(envoy)
+    }
+
+    fn wait_for_listener(&mut self, admin_address: &Path) -> Result<u16, BoxError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default();
+                return Err(format!("{} Envoy exited ({status}):\n{log}", self.variant).into());
+            }
+            if let Ok(admin) = std::fs::read_to_string(admin_address) {
+                if let Ok(listeners) = admin_get(admin.trim(), "/listeners") {
+                    // The plain-text form: `bench::127.0.0.1:PORT`.
+                    let port = listeners
+                        .split("bench::127.0.0.1:")
+                        .nth(1)
+                        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>())
+                        .and_then(|digits| digits.parse().ok());
+                    if let Some(port) = port.filter(|&port: &u16| port != 0) {
+                        return Ok(port);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{} Envoy did not report its listener within 30 s", self.variant).into())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time the process has had so far, every thread, in nanoseconds.
+    pub fn cpu_ns(&self) -> u64 {
+        process_cpu_ns(self.pid())
+    }
+
+    /// Resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|status| {
+                status.lines().find_map(|line| {
+                    line.strip_prefix("VmRSS:")
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|kib| kib.parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The CPU time of every thread of `pid` so far, in nanoseconds (`/proc/PID/task/*/schedstat`).
+pub fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()))
+        .sum()
+}
+
+/// A GET to Envoy's admin over HTTP/1.1 (the admin refuses 1.0); the raw answer.
+fn admin_get(address: &str, path: &str) -> Result<String, BoxError> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}

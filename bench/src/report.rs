@@ -1,0 +1,305 @@
+//! The figures of each round, their medians and ratios, and the budget lines, as Markdown.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::envoy::Variant;
+use crate::load::Outcome;
+use crate::Workload;
+
+/// Beyond this share of a measured core used by other processes, a round counts as disturbed.
+const DISTURBED: f64 = 0.05;
+
+/// One round of one workload on one variant.
+pub struct Measure {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Envoy's CPU time per good answer, in microseconds.
+    pub cpu_us: f64,
+    pub failed: u64,
+    /// The largest share of either measured core that other processes used.
+    pub disturbance: f64,
+}
+
+impl Measure {
+    pub fn new(outcome: &Outcome, wall: Duration, envoy_cpu_ns: u64, disturbance: f64) -> Measure {
+        let mut latencies = outcome.latencies_us.clone();
+        latencies.sort_unstable();
+        let percentile = |p: f64| {
+            let rank = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+            latencies.get(rank).map_or(f64::NAN, |&us| f64::from(us) / 1000.0)
+        };
+        Measure {
+            per_second: outcome.ok as f64 / wall.as_secs_f64(),
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            cpu_us: envoy_cpu_ns as f64 / 1000.0 / outcome.ok.max(1) as f64,
+            failed: outcome.failed,
+            disturbance,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Results {
+    rounds: Vec<(Workload, Variant, usize, Measure)>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| v.is_finite());
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(f64::NAN),
+        n => {
+            (values.get(n / 2 - 1).copied().unwrap_or(f64::NAN)
+                + values.get(n / 2).copied().unwrap_or(f64::NAN))
+                / 2.0
+        }
+    }
+}
+
+impl Results {
+    pub fn add(&mut self, workload: Workload, variant: Variant, round: usize, measure: Measure) {
+        self.rounds.push((workload, variant, round, measure));
+    }
+
+    fn of(&self, workload: Workload, variant: Variant) -> impl Iterator<Item = (usize, &Measure)> {
+        self.rounds
+            .iter()
+            .filter(move |(w, v, _, _)| *w == workload && *v == variant)
+            .map(|(_, _, round, measure)| (*round, measure))
+    }
+
+    fn median_of(&self, workload: Workload, variant: Variant, figure: fn(&Measure) -> f64) -> f64 {
+        median(self.of(workload, variant).map(|(_, m)| figure(m)).collect())
+    }
+
+    /// The median over rounds of `combine(a's figure, b's figure)` within each round.
+    fn median_per_round(
+        &self,
+        workload: Workload,
+        (a, b): (Variant, Variant),
+        combine: impl Fn(&Measure, &Measure) -> f64,
+    ) -> f64 {
+        let values = self
+            .of(workload, a)
+            .filter_map(|(round, ma)| {
+                self.of(workload, b).find(|(r, _)| *r == round).map(|(_, mb)| combine(ma, mb))
+            })
+            .collect();
+        median(values)
+    }
+
+    fn ratio(&self, workload: Workload, a: Variant, b: Variant, figure: fn(&Measure) -> f64) -> f64 {
+        self.median_per_round(workload, (a, b), |ma, mb| figure(ma) / figure(mb))
+    }
+
+    /// The median over rounds of `variant`'s CPU per answer minus plain Envoy's, in µs.
+    fn added_cpu(&self, workload: Workload, variant: Variant) -> f64 {
+        self.median_per_round(workload, (variant, Variant::Plain), |m, plain| m.cpu_us - plain.cpu_us)
+    }
+
+    /// The median over rounds of wsgate's added CPU over the native filters' added CPU.
+    fn added_cpu_ratio(&self, workload: Workload) -> f64 {
+        let plain: Vec<&Measure> = self.of(workload, Variant::Plain).map(|(_, m)| m).collect();
+        let values = self
+            .of(workload, Variant::Wsgate)
+            .zip(self.of(workload, Variant::Native))
+            .zip(plain)
+            .map(|(((_, w), (_, n)), p)| (w.cpu_us - p.cpu_us) / (n.cpu_us - p.cpu_us))
+            .collect();
+        median(values)
+    }
+}
+
+/// Envoy's resident memory with a variant: after a first burst of requests, and at the end.
+pub struct Memory {
+    pub variant: Variant,
+    pub warm_kib: u64,
+    pub after_kib: u64,
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub struct Rendered {
+    pub markdown: String,
+    pub all_met: bool,
+}
+
+fn per_second(m: &Measure) -> f64 {
+    m.per_second
+}
+
+fn cpu(m: &Measure) -> f64 {
+    m.cpu_us
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split_once(':')))
+        .map_or("unknown CPU", |(_, model)| model.trim())
+        .to_string();
+    let cores = cpuinfo.lines().filter(|line| line.starts_with("processor")).count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = if cores > 0 { format!(", {cores} cores") } else { String::new() };
+    format!("{model}{cores}, Linux {}, {date}", kernel.trim())
+}
+
+fn workload_table(out: &mut String, results: &Results, workload: Workload) {
+    let unit = workload.unit();
+    let _ = writeln!(out, "\n### {}\n", workload.title());
+    let _ = writeln!(
+        out,
+        "| variant | {unit}/s | p50 ms | p99 ms | Envoy CPU µs per answer | {unit}/s vs plain | vs native | CPU vs plain | vs native | failed | disturbed rounds |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for variant in Variant::ALL {
+        let failed: u64 = results.of(workload, variant).map(|(_, m)| m.failed).sum();
+        let disturbed = results.of(workload, variant).filter(|(_, m)| m.disturbance > DISTURBED).count();
+        let rounds = results.of(workload, variant).count();
+        let _ = writeln!(
+            out,
+            "| {variant} | {:.0} | {:.2} | {:.2} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {failed} | {disturbed}/{rounds} |",
+            results.median_of(workload, variant, per_second),
+            results.median_of(workload, variant, |m| m.p50_ms),
+            results.median_of(workload, variant, |m| m.p99_ms),
+            results.median_of(workload, variant, cpu),
+            results.ratio(workload, variant, Variant::Plain, per_second),
+            results.ratio(workload, variant, Variant::Native, per_second),
+            results.ratio(workload, variant, Variant::Plain, cpu),
+            results.ratio(workload, variant, Variant::Native, cpu),
+        );
+    }
+}
+
+/// A budget line: what was measured, the bound, and whether it holds.
+struct Line {
+    what: &'static str,
+    figure: String,
+    budget: &'static str,
+    met: bool,
+}
+
+pub fn render(
+    results: &Results,
+    memory: &[Memory],
+    after_rounds: &[(Variant, u64)],
+    module_bytes: u64,
+    settings: &str,
+) -> Rendered {
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {}.\n\nRun: {settings}.", machine());
+    let _ = writeln!(
+        out,
+        "\nEach figure is the median over rounds; each ratio is the median of the ratios within each round."
+    );
+
+    let repeated = results.added_cpu_ratio(Workload::RepeatedToken);
+    let get = results.ratio(Workload::Get, Variant::Wsgate, Variant::Noop, per_second);
+    let foreign = results.ratio(Workload::ForeignOrigin, Variant::Wsgate, Variant::Native, per_second);
+    let messages = results.ratio(Workload::Messages, Variant::Wsgate, Variant::Plain, per_second);
+    let of = |variant| memory.iter().find(|m| m.variant == variant);
+    let memory_gap =
+        of(Variant::Wsgate).zip(of(Variant::Noop)).map(|(w, n)| mib(w.after_kib) - mib(n.after_kib));
+    let lines = [
+        Line {
+            what: "Repeated credential: wsgate's added Envoy CPU per handshake over the native filters'",
+            figure: format!(
+                "{repeated:.2} ({:.1} µs against {:.1} µs)",
+                results.added_cpu(Workload::RepeatedToken, Variant::Wsgate),
+                results.added_cpu(Workload::RepeatedToken, Variant::Native)
+            ),
+            budget: "at most 0.5",
+            met: repeated <= 0.5,
+        },
+        Line {
+            what: "Ordinary GET: wsgate's requests per second over the do-nothing wasm filter's",
+            figure: format!("{get:.3}"),
+            budget: "at least 0.97",
+            met: get >= 0.97,
+        },
+        Line {
+            what: "Foreign origin: wsgate's rejections per second over the native filters'",
+            figure: format!("{foreign:.3}"),
+            budget: "at least 1.0",
+            met: foreign >= 1.0,
+        },
+        Line {
+            what: "Module size",
+            figure: format!("{module_bytes} bytes"),
+            budget: "under 600,000 bytes",
+            met: module_bytes < 600_000,
+        },
+        Line {
+            what: "Envoy's resident memory with wsgate minus with the do-nothing filter, after the requests",
+            figure: memory_gap.map_or("not measured".into(), |gap| format!("{gap:.1} MiB (below)")),
+            budget: "at most 5 MiB",
+            met: memory_gap.is_some_and(|gap| gap <= 5.0),
+        },
+        Line {
+            what: "Established socket: wsgate's messages per second over plain Envoy's",
+            figure: format!("{messages:.3}"),
+            budget: "at least 0.95",
+            met: messages >= 0.95,
+        },
+    ];
+    let _ = writeln!(out, "\n## Budget\n\n| line | measured | budget | |\n|---|---|---|---|");
+    for line in &lines {
+        let verdict = if line.met { "met" } else { "**missed**" };
+        let _ = writeln!(out, "| {} | {} | {} | {verdict} |", line.what, line.figure, line.budget);
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Memory\n\nEnvoy's resident memory (MiB) on a new Envoy per variant: after its first burst of requests, and once it has served the run's count of ordinary GETs and allowed handshakes.\n\n| variant | after the first burst | at the end | growth |\n|---|---:|---:|---:|"
+    );
+    for m in memory {
+        let growth = mib(m.after_kib) - mib(m.warm_kib);
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {growth:+.1} |",
+            m.variant,
+            mib(m.warm_kib),
+            mib(m.after_kib)
+        );
+    }
+    let rounds: Vec<String> =
+        after_rounds.iter().map(|(variant, kib)| format!("{variant} {:.1}", mib(*kib))).collect();
+    let _ = writeln!(out, "\nAfter the rounds (every workload): {} MiB.", rounds.join(", "));
+
+    let _ = writeln!(
+        out,
+        "\n## A new credential each time\n\nEnvoy CPU per handshake above plain Envoy's, in µs (medians over rounds).\n\n| algorithm | wsgate | native | wsgate over native |\n|---|---:|---:|---:|"
+    );
+    let measured: Vec<Workload> = crate::Workload::all()
+        .into_iter()
+        .filter(|w| results.of(*w, Variant::Wsgate).next().is_some())
+        .collect();
+    for &workload in measured.iter().filter(|w| matches!(w, Workload::NewToken(_))) {
+        let Workload::NewToken(algorithm) = workload else { continue };
+        let _ = writeln!(
+            out,
+            "| {algorithm:?} | {:.1} | {:.1} | {:.2} |",
+            results.added_cpu(workload, Variant::Wsgate),
+            results.added_cpu(workload, Variant::Native),
+            results.added_cpu_ratio(workload),
+        );
+    }
+
+    let _ = writeln!(out, "\n## Every workload");
+    for &workload in &measured {
+        workload_table(&mut out, results, workload);
+    }
+    Rendered { markdown: out, all_met: lines.iter().all(|line| line.met) }
+}
