@@ -126,8 +126,13 @@ pub struct AuthConfig {
 pub struct JwtConfig {
     /// The JWS algorithms accepted (`RS256`, `ES256`, `EdDSA`, ...). Required; never `none`.
     pub algorithms: Vec<String>,
-    /// The verification keys, as a JWK Set (RFC 7517 section 5). Required.
-    pub jwks: JwksConfig,
+    /// The verification keys, as a JWK Set (RFC 7517 section 5). Required unless `remote_jwks`
+    /// is given; both may be given, the inline keys serving until a fetched set arrives.
+    #[serde(default)]
+    pub jwks: Option<JwksConfig>,
+    /// A JWK Set fetched from the identity provider through an Envoy cluster, and refreshed.
+    #[serde(default)]
+    pub remote_jwks: Option<RemoteJwksConfig>,
     /// Accepted `iss` values. Required: a token from another issuer is refused.
     pub issuers: Vec<String>,
     /// Accepted `aud` values; the token's `aud` must share one. Required: without it, a token
@@ -148,6 +153,42 @@ pub struct JwtConfig {
     /// The cache of verified tokens. Defaults to 1024 entries for at most 300 s each.
     #[serde(default)]
     pub cache: CacheConfig,
+}
+
+/// `auth.jwt.remote_jwks`: where the identity provider publishes its JWK Set, fetched through
+/// an Envoy cluster at start and every `refresh_seconds`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteJwksConfig {
+    /// The Envoy cluster that reaches the identity provider (with TLS, as it should be).
+    pub cluster: String,
+    /// The `:authority` (Host) of the request: the identity provider's host name.
+    pub authority: String,
+    /// The path of the JWK Set, e.g. `/.well-known/jwks.json`.
+    pub path: String,
+    /// Seconds between fetches of a good set, 1 to 86400. Defaults to 600.
+    #[serde(default = "default_refresh")]
+    pub refresh_seconds: u64,
+    /// Seconds before another try after a failed fetch, and the least time between two fetches
+    /// brought forward by unknown `kid`s. 1 to `refresh_seconds`; defaults to 10.
+    #[serde(default = "default_retry")]
+    pub retry_seconds: u64,
+    /// How long a fetch may take, 100 to 60000 ms. Defaults to 2000.
+    #[serde(default = "default_fetch_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_refresh() -> u64 {
+    600
+}
+
+fn default_retry() -> u64 {
+    10
+}
+
+fn default_fetch_timeout() -> u64 {
+    2000
 }
 
 /// `auth.jwt.cache`: verified tokens kept per VM, keyed by their SHA-256, until the earlier of

@@ -3,22 +3,23 @@
 //! not belong here; it belongs in the core.
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
-use crate::headers::{HeaderEdit, Response};
+use crate::headers::Response;
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
 use crate::request::Request;
 use crate::stats::{Counter, CONFIG_REJECTIONS};
+use crate::token::remote::MAX_BODY_BYTES;
 use crate::verdict::{RequestEdit, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { policy: None, counters: Rc::new(Counters::default()) })
+        Box::new(Root { policy: None, counters: Rc::new(Counters::default()), fetches: Vec::new() })
     });
 }}
 
@@ -27,6 +28,15 @@ struct Root {
     /// `None` until a configuration compiled. Streams then refuse upgrades (fail closed).
     policy: Option<Rc<Policy>>,
     counters: Rc<Counters>,
+    /// Key set fetches under way: Envoy's token for the call, and the set's index in the policy.
+    fetches: Vec<(u32, usize)>,
+}
+
+/// How often the root context looks for key set fetches that are due.
+const TICK: Duration = Duration::from_secs(1);
+
+fn seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or_default()
 }
 
 /// Envoy's ids of the counters the core names, in [`Counter::index`] order.
@@ -62,7 +72,40 @@ fn define_counter(name: &str) -> Option<u32> {
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(place) = self.fetches.iter().position(|(token, _)| *token == token_id) else { return };
+        let (_, index) = self.fetches.swap_remove(place);
+        let Some(policy) = self.policy.clone() else { return };
+        // No :status means no answer: a reset, a timeout, no healthy host.
+        let status = self
+            .get_http_call_response_header_bytes(":status")
+            .and_then(|status| std::str::from_utf8(&status).ok()?.parse().ok());
+        // One byte past the limit is enough for the core to refuse an oversized set.
+        let body = self.get_http_call_response_body(0, body_size.min(MAX_BODY_BYTES + 1)).unwrap_or_default();
+        self.keys_fetched(&policy, index, status, &body);
+    }
+}
+
+impl Root {
+    /// Hands what came of a key set fetch to the core; logs and counts the outcome.
+    fn keys_fetched(&self, policy: &Policy, index: usize, status: Option<u16>, body: &[u8]) {
+        let now = seconds(self.get_current_time());
+        let Some(outcome) = policy.keys_fetched(index, now, status, body) else { return };
+        if outcome.is_failure() {
+            log::warn!("{}", outcome.log_line());
+        } else {
+            log::info!("{}", outcome.log_line());
+        }
+        self.counters.add(Counter::for_fetch(&outcome), 1);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -76,6 +119,9 @@ impl RootContext for Root {
                 let counters = Counters::define(policy.stat_names());
                 counters.add(Counter::ConfigLoads, 1);
                 self.counters = Rc::new(counters);
+                // Answers to the fetches of an earlier configuration are not for this one.
+                self.fetches.clear();
+                self.set_tick_period(if policy.fetches_keys() { TICK } else { Duration::ZERO });
                 self.policy = Some(Rc::new(policy));
                 true
             }
@@ -87,6 +133,19 @@ impl RootContext for Root {
                     let _ = hostcalls::increment_metric(id, 1);
                 }
                 false
+            }
+        }
+    }
+
+    /// Starts the key set fetches that are due (the first one on the first tick, when Envoy's
+    /// clusters are up).
+    fn on_tick(&mut self) {
+        let Some(policy) = self.policy.clone() else { return };
+        let now = seconds(self.get_current_time());
+        for (index, fetch) in policy.key_fetches_due(now) {
+            match self.dispatch_http_call(fetch.cluster, fetch.headers, None, Vec::new(), fetch.timeout) {
+                Ok(token) => self.fetches.push((token, index)),
+                Err(_) => self.keys_fetched(&policy, index, None, &[]),
             }
         }
     }
@@ -137,13 +196,9 @@ impl HttpContext for Stream {
         // this property only for a TLS connection.
         let tls = self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
         let request = Request::new(self.get_http_request_headers_bytes()).with_tls(tls);
-        let now = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs())
-            .unwrap_or_default();
+        let clock = || seconds(self.get_current_time());
         let policy = self.policy.as_deref();
-        let (verdict, plan) = decide_and_plan(policy, &request, now);
+        let (verdict, plan) = decide_and_plan(policy, &request, clock);
         self.plan = plan;
         if let Some(line) = verdict.log_line(&request) {
             log::warn!("{line}");
@@ -176,16 +231,16 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.plan.edits_response() {
+            return Action::Continue;
+        }
         let response = Response::new(self.get_http_response_headers_bytes());
         let edits = respond(self.policy.as_deref(), self.plan, &response);
         if !edits.is_empty() {
             self.counters.add(Counter::ResponseHeadersAdded, edits.len());
-        }
-        for edit in edits {
-            match edit {
-                HeaderEdit::Add(name, value) => self.add_http_response_header(name, value),
-                HeaderEdit::Set(name, value) => self.set_http_response_header(name, Some(value)),
-            }
+            // One call for every edit: each call across the VM boundary costs more than the
+            // work it asks of Envoy.
+            self.set_http_response_headers_bytes(response.edited(&edits));
         }
         Action::Continue
     }

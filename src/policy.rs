@@ -8,11 +8,13 @@ use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
 use crate::scope::Selector;
+use crate::token::jwk::Algorithm;
+use crate::token::remote::{Fetch, FetchOutcome, RemoteJwks};
 use crate::token::Auth;
 use crate::verdict::{
     Denial, DenyReason, RequestEdit, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
-    INSECURE_TRANSPORT_STATUS, NO_POLICY_BODY, NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS,
-    NO_POLICY_STATUS, UNAUTHORIZED_BODY,
+    INSECURE_TRANSPORT_STATUS, JWKS_UNAVAILABLE_BODY, JWKS_UNAVAILABLE_STATUS, NO_POLICY_BODY,
+    NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS, NO_POLICY_STATUS, UNAUTHORIZED_BODY,
 };
 
 /// A configuration checked and compiled for use on the request path: the policies, how to
@@ -77,6 +79,13 @@ impl ResponsePlan {
     ) -> ResponsePlan {
         let secure = rules.is_some_and(|rules| rules.secure(request));
         ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure }
+    }
+}
+
+impl ResponsePlan {
+    /// Whether the response may get headers at all: when not, the shell need not even read it.
+    pub fn edits_response(&self) -> bool {
+        self.security_headers
     }
 }
 
@@ -184,19 +193,25 @@ impl Policy {
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch. An
     /// upgrade that no policy applies to is refused.
     pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
-        self.decide_and_plan(request, now).0
+        self.decide_and_plan(request, || now).0
     }
 
     /// Decides one request and what its response will need, choosing the policy once: what the
-    /// shell calls for every request.
-    pub fn decide_and_plan(&self, request: &Request, now: u64) -> (Verdict<'_>, ResponsePlan) {
+    /// shell calls for every request. `clock` gives the host's time in seconds since the Unix
+    /// epoch; it is read only for a decision that needs it (an upgrade under a policy), since
+    /// asking the host costs a call across the VM boundary.
+    pub fn decide_and_plan(
+        &self,
+        request: &Request,
+        clock: impl FnOnce() -> u64,
+    ) -> (Verdict<'_>, ResponsePlan) {
         let applies = self.applies(request);
         let rules = self.rules(applies);
         let verdict = if !request.is_upgrade() {
             Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default())
         } else {
             match rules {
-                Some(rules) => rules.decide(request, now),
+                Some(rules) => rules.decide(request, clock()),
                 None => Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)),
             }
         };
@@ -240,6 +255,39 @@ impl Policy {
 
     fn all_rules(&self) -> impl Iterator<Item = &Rules> {
         self.scoped.iter().chain(self.default.as_ref())
+    }
+
+    /// Every fetched key set (`remote_jwks`) of every policy, in a fixed order: the index the
+    /// shell keeps for a fetch under way.
+    fn remote_jwks(&self) -> impl Iterator<Item = (&RemoteJwks, &[Algorithm])> {
+        self.all_rules()
+            .filter_map(|rules| rules.auth.as_ref()?.jwt())
+            .filter_map(|jwt| Some((jwt.remote()?, jwt.algorithms())))
+    }
+
+    /// Whether any policy fetches a key set, so that the shell must keep a timer.
+    pub fn fetches_keys(&self) -> bool {
+        self.remote_jwks().next().is_some()
+    }
+
+    /// The key set fetches due at `now`, each with its index for [`Policy::keys_fetched`].
+    pub fn key_fetches_due(&self, now: u64) -> Vec<(usize, Fetch<'_>)> {
+        self.remote_jwks()
+            .enumerate()
+            .filter_map(|(index, (remote, _))| Some((index, remote.due(now)?)))
+            .collect()
+    }
+
+    /// What came back for fetch `index`: its status (`None`: no answer) and body.
+    pub fn keys_fetched(
+        &self,
+        index: usize,
+        now: u64,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> Option<FetchOutcome> {
+        let (remote, algorithms) = self.remote_jwks().nth(index)?;
+        Some(remote.answer(now, status, body, algorithms))
     }
 
     /// A description of what was compiled, for the log at load.
@@ -367,6 +415,13 @@ impl Rules {
     fn denial(&self, reason: DenyReason) -> Denial<'_> {
         match reason {
             DenyReason::NoPolicy | DenyReason::NoPolicyMatched => unruled_denial(reason),
+            DenyReason::JwksUnavailable => Denial {
+                reason,
+                status: JWKS_UNAVAILABLE_STATUS,
+                body: JWKS_UNAVAILABLE_BODY,
+                challenge: None,
+                policy: &self.name,
+            },
             DenyReason::InsecureTransport => Denial {
                 reason,
                 status: INSECURE_TRANSPORT_STATUS,
@@ -449,17 +504,17 @@ fn unruled_denial(reason: DenyReason) -> Denial<'static> {
 /// ever loaded) upgrades are refused with 503 and other requests pass: wsgate fails closed for
 /// what it guards and does not take ordinary traffic down with it.
 pub fn decide<'p>(policy: Option<&'p Policy>, request: &Request, now: u64) -> Verdict<'p> {
-    decide_and_plan(policy, request, now).0
+    decide_and_plan(policy, request, || now).0
 }
 
 /// [`Policy::decide_and_plan`] with whatever policy the VM holds (see [`decide`]).
 pub fn decide_and_plan<'p>(
     policy: Option<&'p Policy>,
     request: &Request,
-    now: u64,
+    clock: impl FnOnce() -> u64,
 ) -> (Verdict<'p>, ResponsePlan) {
     match policy {
-        Some(policy) => policy.decide_and_plan(request, now),
+        Some(policy) => policy.decide_and_plan(request, clock),
         None if request.is_upgrade() => {
             (Verdict::Deny(unruled_denial(DenyReason::NoPolicy)), ResponsePlan::default())
         }

@@ -7,6 +7,7 @@
 //! without it: `wasmcustom.wsgate.edge.denied.origin_not_allowed` is
 //! `wsgate_edge_denied_origin_not_allowed`.
 
+use crate::token::remote::FetchOutcome;
 use crate::verdict::{DenyReason, Verdict};
 
 /// One counter.
@@ -28,12 +29,18 @@ pub enum Counter {
     CredentialCacheHits,
     /// JWTs looked up in the cache and not found there (then verified).
     CredentialCacheMisses,
+    /// Key sets fetched (`remote_jwks`) and put in use.
+    JwksUpdated,
+    /// Key set fetches that got no set: no answer, a timeout, a status other than 200.
+    JwksFetchFailed,
+    /// Key sets fetched and refused; the last good set stays in use.
+    JwksRejected,
 }
 
 /// Configurations refused. Not under a `stat_prefix`: a refused configuration has none.
 pub const CONFIG_REJECTIONS: &str = "wsgate.config_rejections";
 
-const FIXED: usize = 6;
+const FIXED: usize = 9;
 const REASONS: usize = DenyReason::ALL.len();
 
 impl Counter {
@@ -46,6 +53,9 @@ impl Counter {
             Counter::ConfigLoads,
             Counter::CredentialCacheHits,
             Counter::CredentialCacheMisses,
+            Counter::JwksUpdated,
+            Counter::JwksFetchFailed,
+            Counter::JwksRejected,
         ]
         .into_iter()
         .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
@@ -61,6 +71,9 @@ impl Counter {
             Counter::ConfigLoads => 3,
             Counter::CredentialCacheHits => 4,
             Counter::CredentialCacheMisses => 5,
+            Counter::JwksUpdated => 6,
+            Counter::JwksFetchFailed => 7,
+            Counter::JwksRejected => 8,
             Counter::Denied(reason) => FIXED + reason_index(reason),
             Counter::ShadowDenied(reason) => FIXED + REASONS + reason_index(reason),
         }
@@ -75,8 +88,20 @@ impl Counter {
             Counter::ConfigLoads => "config_loads".to_string(),
             Counter::CredentialCacheHits => "credential_cache.hits".to_string(),
             Counter::CredentialCacheMisses => "credential_cache.misses".to_string(),
+            Counter::JwksUpdated => "jwks.updated".to_string(),
+            Counter::JwksFetchFailed => "jwks.fetch_failed".to_string(),
+            Counter::JwksRejected => "jwks.rejected".to_string(),
             Counter::Denied(reason) => format!("denied.{}", reason.as_str()),
             Counter::ShadowDenied(reason) => format!("shadow_denied.{}", reason.as_str()),
+        }
+    }
+
+    /// The counter that a key set fetch moves.
+    pub fn for_fetch(outcome: &FetchOutcome) -> Counter {
+        match outcome {
+            FetchOutcome::Updated { .. } => Counter::JwksUpdated,
+            FetchOutcome::Failed(_) => Counter::JwksFetchFailed,
+            FetchOutcome::Rejected(_) => Counter::JwksRejected,
         }
     }
 
@@ -112,6 +137,7 @@ fn reason_index(reason: DenyReason) -> usize {
         DenyReason::TokenBadAudience => 14,
         DenyReason::NoPolicy => 15,
         DenyReason::NoPolicyMatched => 16,
+        DenyReason::JwksUnavailable => 17,
     }
 }
 

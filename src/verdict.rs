@@ -96,6 +96,8 @@ pub enum DenyReason {
     TokenBadIssuer,
     /// A JWT for none of the `audiences`.
     TokenBadAudience,
+    /// No key set has been fetched yet (`remote_jwks`) and no inline key fits the JWT.
+    JwksUnavailable,
     /// wsgate holds no valid configuration: upgrades are refused, never passed.
     NoPolicy,
     /// No policy applies to the request (none matches and there is no `default`).
@@ -116,6 +118,10 @@ pub const INSECURE_TRANSPORT_STATUS: u16 = 403;
 pub const INSECURE_TRANSPORT_BODY: &str = "Forbidden: WebSockets must use TLS (wss://)";
 /// The body of the reply to a refused credential: it says no more than the status.
 pub const UNAUTHORIZED_BODY: &str = "Unauthorized";
+/// The status of the reply to [`DenyReason::JwksUnavailable`].
+pub const JWKS_UNAVAILABLE_STATUS: u16 = 503;
+/// The body of the reply to [`DenyReason::JwksUnavailable`].
+pub const JWKS_UNAVAILABLE_BODY: &str = "Service Unavailable: the token issuer's keys are not available yet";
 /// The challenge when no credential was presented.
 pub const CHALLENGE: &str = "Bearer realm=\"wsgate\"";
 /// The challenge when a credential was presented and refused.
@@ -128,7 +134,7 @@ const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
     /// Every reason, in a fixed order (stat names are made from it).
-    pub const ALL: [DenyReason; 17] = [
+    pub const ALL: [DenyReason; 18] = [
         DenyReason::OriginNotAllowed,
         DenyReason::OriginMissing,
         DenyReason::OriginNull,
@@ -146,6 +152,7 @@ impl DenyReason {
         DenyReason::TokenBadAudience,
         DenyReason::NoPolicy,
         DenyReason::NoPolicyMatched,
+        DenyReason::JwksUnavailable,
     ];
 
     /// The word for this reason in logs (and, later, in stat names).
@@ -168,6 +175,7 @@ impl DenyReason {
             DenyReason::TokenBadAudience => "token_bad_audience",
             DenyReason::NoPolicy => "no_policy",
             DenyReason::NoPolicyMatched => "no_policy_matched",
+            DenyReason::JwksUnavailable => "jwks_unavailable",
         }
     }
 }

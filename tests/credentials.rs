@@ -315,9 +315,11 @@ fn bad_auth_configurations_are_refused_with_the_field_named() {
             "400-599",
         ),
         (
-            format!(r#"{{"sources": [{{"query": "a"}}], {keys}, "jwt": {{"algorithms": ["RS256"]}}}}"#),
-            "auth.jwt",
-            "missing field `jwks`",
+            format!(
+                r#"{{"sources": [{{"query": "a"}}], {keys}, "jwt": {{"algorithms": ["RS256"], "issuers": ["i"], "audiences": ["a"]}}}}"#
+            ),
+            "auth.jwt.jwks.keys",
+            "there is no remote_jwks",
         ),
     ];
     common::assert_refused(&cases, |auth| {

@@ -250,6 +250,19 @@ impl Jwk {
         Ok(Jwk { kid: members.kid, material, algorithms })
     }
 
+    /// The algorithms a key of type `kty` (and curve `crv`) can verify; none for a type wsgate
+    /// does not verify.
+    pub fn algorithms_of(kty: &str, crv: Option<&str>) -> &'static [Algorithm] {
+        match (kty, crv) {
+            ("RSA", _) => RSA_FITS,
+            ("EC", Some("P-256")) => &[Algorithm::ES256],
+            ("EC", Some("P-384")) => &[Algorithm::ES384],
+            ("OKP", Some("Ed25519")) => &[Algorithm::EdDSA],
+            ("oct", _) => HMAC_FITS,
+            _ => &[],
+        }
+    }
+
     /// Whether this key may verify a token signed with `alg`.
     pub fn fits(&self, alg: Algorithm) -> bool {
         self.algorithms.contains(&alg)

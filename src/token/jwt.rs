@@ -8,6 +8,7 @@ use crate::config::JwtConfig;
 use crate::error::ConfigError;
 use crate::headers::is_tchar;
 use crate::token::jwk::{Algorithm, Jwk, ALGORITHMS};
+use crate::token::remote::RemoteJwks;
 use crate::verdict::DenyReason;
 
 /// The largest `leeway_seconds` accepted: more would keep expired tokens alive for minutes.
@@ -17,7 +18,10 @@ const MAX_LEEWAY: u64 = 300;
 #[derive(Clone, Debug)]
 pub struct JwtVerifier {
     algorithms: Vec<Algorithm>,
+    /// The inline keys (`jwks`).
     keys: Vec<Jwk>,
+    /// The fetched keys (`remote_jwks`), if any.
+    remote: Option<RemoteJwks>,
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: u64,
@@ -58,14 +62,15 @@ impl JwtVerifier {
             }
             algorithms.push(alg);
         }
-        if config.jwks.keys.is_empty() {
+        let inline = config.jwks.as_ref().map(|jwks| jwks.keys.as_slice()).unwrap_or_default();
+        if inline.is_empty() && config.remote_jwks.is_none() {
             return Err(ConfigError::new(
                 format!("{FIELD}.jwks.keys"),
-                "is empty; give the issuer's public keys",
+                "is empty and there is no remote_jwks; give the issuer's public keys",
             ));
         }
         let mut keys: Vec<Jwk> = Vec::new();
-        for (index, key) in config.jwks.keys.iter().enumerate() {
+        for (index, key) in inline.iter().enumerate() {
             let field = format!("{FIELD}.jwks.keys[{index}]");
             let jwk = Jwk::compile(key, &algorithms, &field, env)?;
             if jwk.kid.is_some() && keys.iter().any(|k| k.kid == jwk.kid) {
@@ -73,6 +78,10 @@ impl JwtVerifier {
             }
             keys.push(jwk);
         }
+        let remote = match &config.remote_jwks {
+            Some(remote) => Some(RemoteJwks::compile(remote, &format!("{FIELD}.remote_jwks"))?),
+            None => None,
+        };
         if config.issuers.is_empty() {
             return Err(ConfigError::new(
                 format!("{FIELD}.issuers"),
@@ -109,6 +118,7 @@ impl JwtVerifier {
         Ok(JwtVerifier {
             algorithms,
             keys,
+            remote,
             issuers: config.issuers.clone(),
             audiences: config.audiences.clone(),
             leeway: config.leeway_seconds,
@@ -118,10 +128,24 @@ impl JwtVerifier {
         })
     }
 
-    /// The algorithms and the number of keys: `RS256,ES256 (3 keys)`.
+    /// The algorithms and the number of keys: `RS256,ES256 (3 keys)`, and where a remote set
+    /// comes from.
     pub fn summary(&self) -> String {
         let names: Vec<&str> = self.algorithms.iter().map(|alg| alg.name()).collect();
-        format!("{} ({} keys)", names.join(","), self.keys.len())
+        let remote = self.remote.as_ref().map_or_else(String::new, |remote| {
+            format!(" + remote_jwks {}{} via cluster {}", remote.authority, remote.path, remote.cluster)
+        });
+        format!("{} ({} keys){remote}", names.join(","), self.keys.len())
+    }
+
+    /// The fetched key set, if the configuration has one.
+    pub fn remote(&self) -> Option<&RemoteJwks> {
+        self.remote.as_ref()
+    }
+
+    /// The configured algorithms.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
     }
 
     /// The headers that carry verified claims (a client's copy of them is always removed).
@@ -160,11 +184,21 @@ impl JwtVerifier {
         let signature = decode(signature_b64)?;
         let input_len = header_b64.len() + 1 + payload_b64.len();
         let input = token.get(..input_len).ok_or(DenyReason::TokenMalformed)?;
-        let candidates: Vec<&Jwk> = match kid {
-            Some(kid) => self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid) && k.fits(alg)).collect(),
-            None => self.keys.iter().filter(|k| k.fits(alg)).collect(),
-        };
+        let fetched = self.remote.as_ref().and_then(RemoteJwks::keys);
+        let candidates: Vec<&Jwk> = self
+            .keys
+            .iter()
+            .chain(fetched.iter().flat_map(|keys| keys.iter()))
+            .filter(|k| k.fits(alg) && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .collect();
         if candidates.is_empty() {
+            if let Some(remote) = &self.remote {
+                if fetched.is_none() {
+                    return Err(DenyReason::JwksUnavailable);
+                }
+                // The issuer may have rotated its keys: fetch the set again, soon.
+                remote.unknown_kid(now);
+            }
             return Err(DenyReason::TokenUnknownKey);
         }
         if !candidates.iter().any(|key| key.verify(alg, input, &signature)) {
@@ -319,7 +353,8 @@ mod tests {
     fn verifier(algorithms: &[&str], keys: Vec<Value>) -> JwtVerifier {
         let config = JwtConfig {
             algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
-            jwks: JwksConfig { keys },
+            jwks: Some(JwksConfig { keys }),
+            remote_jwks: None,
             issuers: vec!["https://issuer.example".into()],
             audiences: vec!["chat".into()],
             leeway_seconds: 60,

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod jwk;
 pub mod jwt;
+pub mod remote;
 pub mod source;
 
 use sha2::{Digest, Sha256};
@@ -127,6 +128,11 @@ impl Auth {
     /// The cache's hits and misses since the last call.
     pub fn take_cache_counts(&self) -> (u64, u64) {
         self.cache.take_counts()
+    }
+
+    /// The JWT verifier, if JWTs are accepted.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
     }
 
     pub fn deny_status(&self) -> u16 {

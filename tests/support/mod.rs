@@ -139,6 +139,32 @@ pub fn hmac_secret() -> String {
 
 /// A whole bootstrap: the given listeners, an `upstream` cluster at `upstream`, an admin port.
 pub fn bootstrap_yaml(listeners: &[String], upstream: SocketAddr, admin_port: u16) -> String {
+    bootstrap_yaml_with(listeners, upstream, &[], admin_port)
+}
+
+/// [`bootstrap_yaml`] with further plaintext clusters, by name and address.
+pub fn bootstrap_yaml_with(
+    listeners: &[String],
+    upstream: SocketAddr,
+    clusters: &[(&str, SocketAddr)],
+    admin_port: u16,
+) -> String {
+    let clusters: String = clusters
+        .iter()
+        .map(|(name, address)| {
+            format!(
+                r#"
+  - name: {name}
+    connect_timeout: 1s
+    type: STATIC
+    load_assignment:
+      cluster_name: {name}
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]"#,
+                ip = address.ip(),
+                port = address.port()
+            )
+        })
+        .collect();
     format!(
         r#"static_resources:
   listeners:{listeners}
@@ -148,7 +174,7 @@ pub fn bootstrap_yaml(listeners: &[String], upstream: SocketAddr, admin_port: u1
     type: STATIC
     load_assignment:
       cluster_name: upstream
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]{clusters}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
 "#,
@@ -323,6 +349,15 @@ impl Gate {
 
     /// Like [`Gate::start`], with a transport for each listener.
     pub async fn start_listeners(listeners: &[(&str, Transport)]) -> Gate {
+        Gate::start_with_clusters(listeners, &[]).await
+    }
+
+    /// Like [`Gate::start_listeners`], with further clusters (by name and address) that the
+    /// plugin configs can name.
+    pub async fn start_with_clusters(
+        listeners: &[(&str, Transport)],
+        clusters: &[(&str, SocketAddr)],
+    ) -> Gate {
         let upstream = Recorder::default();
         let upstream_addr = wsgate_echo::start("127.0.0.1:0", upstream.clone()).await.unwrap();
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
@@ -338,7 +373,7 @@ impl Gate {
                 listener_yaml(&format!("listener_{i}"), 0, config, tls)
             })
             .collect();
-        let mut envoy = Envoy::start(&bootstrap_yaml(&yaml, upstream_addr, 0));
+        let mut envoy = Envoy::start(&bootstrap_yaml_with(&yaml, upstream_addr, clusters, 0));
         envoy.also_remove(dir);
         let ports = (0..listeners.len()).map(|i| envoy.listener_port(&format!("listener_{i}"))).collect();
         Gate { envoy, ports, upstream, certificate: certified.cert.der().to_vec() }
