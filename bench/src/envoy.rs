@@ -69,8 +69,12 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("cross-origin-opener-policy", "same-origin"),
 ];
 
-/// wsgate's plugin configuration for the benchmark: the same job as the native filters.
+/// wsgate's plugin configuration for the benchmark: the same job as the native filters, or
+/// `BENCH_WSGATE_CONFIG` (JSON) to measure another.
 pub fn wsgate_config(inputs: &Inputs) -> Result<String, BoxError> {
+    if let Ok(config) = std::env::var("BENCH_WSGATE_CONFIG") {
+        return Ok(config);
+    }
     let jwks: serde_json::Value = serde_json::from_str(&inputs.jwks)?;
     Ok(serde_json::json!({
         "allowed_origins": [inputs.allowed_origin],
@@ -283,6 +287,17 @@ impl Envoy {
     /// CPU time the process has had so far, every thread, in nanoseconds.
     pub fn cpu_ns(&self) -> u64 {
         process_cpu_ns(self.pid())
+    }
+
+    /// User-space CPU time the process has had so far, in nanoseconds (`/proc/PID/stat`, in
+    /// ticks of 10 ms). The filters run in user space; the kernel's share of a connection is
+    /// the same work for every variant, and noisy.
+    pub fn user_cpu_ns(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        // utime is field 14 of the line, the 12th after the name.
+        after.split_whitespace().nth(11).and_then(|ticks| ticks.parse::<u64>().ok()).unwrap_or(0) * 10_000_000
     }
 
     /// Resident memory in KiB.
