@@ -92,6 +92,14 @@ pub struct PolicyConfig {
     /// credential is required.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// Close an admitted WebSocket when the JWT that admitted it expires (plus leeway). Needs
+    /// `auth.jwt`. Defaults to false.
+    #[serde(default)]
+    pub close_on_expiry: bool,
+    /// Close any admitted WebSocket after this many seconds, whatever admitted it. Defaults to
+    /// never.
+    #[serde(default)]
+    pub max_connection_seconds: Option<u64>,
 }
 
 /// `auth`: where the handshake's credential comes from and how it is verified.

@@ -2,6 +2,7 @@
 //! asks the core ([`crate::decide`]) and carries out the verdict. A decision about policy does
 //! not belong here; it belongs in the core.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,24 +13,35 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use crate::headers::Response;
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
 use crate::request::Request;
+use crate::sockets::OpenSockets;
 use crate::stats::{Counter, CONFIG_REJECTIONS};
 use crate::token::remote::MAX_BODY_BYTES;
 use crate::verdict::{RequestEdit, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { policy: None, counters: Rc::new(Counters::default()), fetches: Vec::new() })
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            id,
+            policy: None,
+            counters: Rc::new(Counters::default()),
+            fetches: Vec::new(),
+            sockets: Rc::default(),
+        })
     });
 }}
 
 /// One per plugin configuration and VM. Holds the compiled policy, shared with every stream.
 struct Root {
+    /// The host's id of this context.
+    id: u32,
     /// `None` until a configuration compiled. Streams then refuse upgrades (fail closed).
     policy: Option<Rc<Policy>>,
     counters: Rc<Counters>,
     /// Key set fetches under way: Envoy's token for the call, and the set's index in the policy.
     fetches: Vec<(u32, usize)>,
+    /// Admitted sockets that must close at a set time, shared with the streams.
+    sockets: Rc<RefCell<OpenSockets>>,
 }
 
 /// How often the root context looks for key set fetches that are due.
@@ -121,7 +133,8 @@ impl RootContext for Root {
                 self.counters = Rc::new(counters);
                 // Answers to the fetches of an earlier configuration are not for this one.
                 self.fetches.clear();
-                self.set_tick_period(if policy.fetches_keys() { TICK } else { Duration::ZERO });
+                let timer = policy.fetches_keys() || policy.closes_sockets();
+                self.set_tick_period(if timer { TICK } else { Duration::ZERO });
                 self.policy = Some(Rc::new(policy));
                 true
             }
@@ -138,7 +151,7 @@ impl RootContext for Root {
     }
 
     /// Starts the key set fetches that are due (the first one on the first tick, when Envoy's
-    /// clusters are up).
+    /// clusters are up), and closes the admitted sockets that are due.
     fn on_tick(&mut self) {
         let Some(policy) = self.policy.clone() else { return };
         let now = seconds(self.get_current_time());
@@ -148,10 +161,22 @@ impl RootContext for Root {
                 Err(_) => self.keys_fetched(&policy, index, None, &[]),
             }
         }
+        let due = self.sockets.try_borrow_mut().map(|mut sockets| sockets.due(now)).unwrap_or_default();
+        for (stream, reason) in due {
+            // A stream with no callback in flight can be reset from here, acting as its context;
+            // Envoy offers no way to send it a WebSocket close frame (README, "Sockets that end").
+            if hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok() {
+                log::warn!("admitted socket closed: reason={}", reason.as_str());
+                self.counters.add(Counter::Closed(reason), 1);
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.id);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
+            id: context_id,
+            sockets: Rc::clone(&self.sockets),
             policy: self.policy.clone(),
             counters: Rc::clone(&self.counters),
             plan: ResponsePlan::default(),
@@ -165,13 +190,23 @@ impl RootContext for Root {
 
 /// One per HTTP request (and, after an upgrade, per WebSocket).
 struct Stream {
+    /// The host's id of this stream.
+    id: u32,
+    sockets: Rc<RefCell<OpenSockets>>,
     policy: Option<Rc<Policy>>,
     counters: Rc<Counters>,
     /// What the core decided about the response, kept from the request callback.
     plan: ResponsePlan,
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
+            sockets.forget(self.id);
+        }
+        true
+    }
+}
 
 impl Stream {
     fn apply(&self, edit: RequestEdit<'_>) {
@@ -231,10 +266,15 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.plan.edits_response() {
+        if !self.plan.edits_response() && !self.plan.may_close() {
             return Action::Continue;
         }
         let response = Response::new(self.get_http_response_headers_bytes());
+        if let Some(close) = self.plan.close_after(&response) {
+            if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
+                sockets.admit(self.id, close);
+            }
+        }
         let edits = respond(self.policy.as_deref(), self.plan, &response);
         if !edits.is_empty() {
             self.counters.add(Counter::ResponseHeadersAdded, edits.len());

@@ -33,6 +33,7 @@ pub mod request;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod scope;
+pub mod sockets;
 pub mod stats;
 pub mod token;
 pub mod verdict;

@@ -8,6 +8,7 @@ use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
 use crate::scope::Selector;
+use crate::sockets::Close;
 use crate::token::jwk::Algorithm;
 use crate::token::remote::{Fetch, FetchOutcome, RemoteJwks};
 use crate::token::Auth;
@@ -44,6 +45,8 @@ pub struct Rules {
     require_tls: bool,
     trust_forwarded_proto: bool,
     auth: Option<Auth>,
+    close_on_expiry: bool,
+    max_connection_seconds: Option<u64>,
 }
 
 /// Which policy applies to a response.
@@ -67,6 +70,8 @@ pub struct ResponsePlan {
     security_headers: bool,
     /// Whether the request arrived over TLS (for Strict-Transport-Security).
     secure: bool,
+    /// When an admitted socket must close (`close_on_expiry`, `max_connection_seconds`).
+    close: Option<Close>,
 }
 
 impl ResponsePlan {
@@ -78,7 +83,7 @@ impl ResponsePlan {
         verdict: &Verdict<'_>,
     ) -> ResponsePlan {
         let secure = rules.is_some_and(|rules| rules.secure(request));
-        ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure }
+        ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure, close: None }
     }
 }
 
@@ -87,13 +92,25 @@ impl ResponsePlan {
     pub fn edits_response(&self) -> bool {
         self.security_headers
     }
+
+    /// Whether the response must be looked at for [`ResponsePlan::close_after`].
+    pub fn may_close(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// When the socket this response opens must close: only an admitted upgrade that the
+    /// upstream accepted (101, or a 2xx to an HTTP/2 extended CONNECT) is a socket.
+    pub fn close_after(&self, response: &Response) -> Option<Close> {
+        self.close
+            .filter(|_| response.status().is_some_and(|status| status == 101 || (200..300).contains(&status)))
+    }
 }
 
 /// For a response whose request the filter never saw (Envoy answered it before the filter
 /// chain ran): the default policy's headers, without HSTS.
 impl Default for ResponsePlan {
     fn default() -> ResponsePlan {
-        ResponsePlan { applies: Applies::Default, security_headers: true, secure: false }
+        ResponsePlan { applies: Applies::Default, security_headers: true, secure: false, close: None }
     }
 }
 
@@ -207,15 +224,16 @@ impl Policy {
     ) -> (Verdict<'_>, ResponsePlan) {
         let applies = self.applies(request);
         let rules = self.rules(applies);
-        let verdict = if !request.is_upgrade() {
-            Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default())
+        let (verdict, close) = if !request.is_upgrade() {
+            (Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default()), None)
         } else {
             match rules {
                 Some(rules) => rules.decide(request, clock()),
-                None => Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)),
+                None => (Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)), None),
             }
         };
-        let plan = ResponsePlan::new(applies, rules, request, &verdict);
+        let mut plan = ResponsePlan::new(applies, rules, request, &verdict);
+        plan.close = close;
         (verdict, plan)
     }
 
@@ -268,6 +286,11 @@ impl Policy {
     /// Whether any policy fetches a key set, so that the shell must keep a timer.
     pub fn fetches_keys(&self) -> bool {
         self.remote_jwks().next().is_some()
+    }
+
+    /// Whether any policy closes admitted sockets, so that the shell must keep a timer.
+    pub fn closes_sockets(&self) -> bool {
+        self.all_rules().any(Rules::closes_sockets)
     }
 
     /// The key set fetches due at `now`, each with its index for [`Policy::keys_fetched`].
@@ -329,8 +352,16 @@ impl Rules {
             .map(|h| ResponseHeaders::compile(h, config.require_tls))
             .transpose();
         let auth = config.auth.as_ref().map(|auth| Auth::compile(auth, env)).transpose();
-        match (origins, deny_status, response_headers, auth) {
-            (Ok(origins), Ok(deny_status), Ok(response_headers), Ok(auth)) => Ok(Rules {
+        let closing = if config.close_on_expiry && config.auth.as_ref().and_then(|a| a.jwt.as_ref()).is_none()
+        {
+            Err(ConfigError::new("close_on_expiry", "needs auth.jwt: only a JWT has an expiry"))
+        } else if config.max_connection_seconds == Some(0) {
+            Err(ConfigError::new("max_connection_seconds", "is 0; give at least 1, or leave it out"))
+        } else {
+            Ok(())
+        };
+        match (origins, deny_status, response_headers, auth, closing) {
+            (Ok(origins), Ok(deny_status), Ok(response_headers), Ok(auth), Ok(())) => Ok(Rules {
                 name,
                 mode: config.mode,
                 auth,
@@ -342,9 +373,11 @@ impl Rules {
                 response_headers,
                 require_tls: config.require_tls,
                 trust_forwarded_proto: config.trust_forwarded_proto,
+                close_on_expiry: config.close_on_expiry,
+                max_connection_seconds: config.max_connection_seconds,
             }),
-            (origins, deny_status, response_headers, auth) => {
-                Err([origins.err(), deny_status.err(), response_headers.err(), auth.err()]
+            (origins, deny_status, response_headers, auth, closing) => {
+                Err([origins.err(), deny_status.err(), response_headers.err(), auth.err(), closing.err()]
                     .into_iter()
                     .flatten()
                     .collect())
@@ -359,18 +392,27 @@ impl Rules {
 
     /// Decides one upgrade. The transport is checked first (403), then the origin (403), then
     /// the credential (401).
-    fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
-        let checked = self
-            .check_transport(request)
-            .and_then(|()| self.check_origin(request))
-            .and_then(|()| self.auth.as_ref().map_or(Ok(Vec::new()), |auth| auth.check(request, now)));
+    /// And when an admitted socket must close, if this policy closes sockets.
+    fn decide(&self, request: &Request, now: u64) -> (Verdict<'_>, Option<Close>) {
+        let checked =
+            self.check_transport(request).and_then(|()| self.check_origin(request)).and_then(|()| {
+                self.auth.as_ref().map_or(Ok((Vec::new(), None)), |auth| auth.check(request, now))
+            });
         match (checked, self.mode) {
-            (Ok(edits), Mode::Enforce) => Verdict::Admit(edits),
-            (Err(reason), Mode::Enforce) => Verdict::Deny(self.denial(reason)),
-            // Shadow mode: decided and reported, but nothing is refused or changed.
-            (Ok(_), Mode::Shadow) => Verdict::ShadowAdmit,
-            (Err(reason), Mode::Shadow) => Verdict::ShadowDeny(self.denial(reason)),
+            (Ok((edits, expiry)), Mode::Enforce) => {
+                let expiry = expiry.filter(|_| self.close_on_expiry);
+                let max_age_at = self.max_connection_seconds.map(|seconds| now.saturating_add(seconds));
+                (Verdict::Admit(edits), Close::earliest(expiry, max_age_at))
+            }
+            (Err(reason), Mode::Enforce) => (Verdict::Deny(self.denial(reason)), None),
+            // Shadow mode: decided and reported, but nothing is refused, changed or closed.
+            (Ok(_), Mode::Shadow) => (Verdict::ShadowAdmit, None),
+            (Err(reason), Mode::Shadow) => (Verdict::ShadowDeny(self.denial(reason)), None),
         }
+    }
+
+    fn closes_sockets(&self) -> bool {
+        self.close_on_expiry || self.max_connection_seconds.is_some()
     }
 
     /// Whether the request arrived over TLS, directly or (if trusted) through a load balancer.

@@ -7,6 +7,7 @@
 //! without it: `wasmcustom.wsgate.edge.denied.origin_not_allowed` is
 //! `wsgate_edge_denied_origin_not_allowed`.
 
+use crate::sockets::CloseReason;
 use crate::token::remote::FetchOutcome;
 use crate::verdict::{DenyReason, Verdict};
 
@@ -35,12 +36,14 @@ pub enum Counter {
     JwksFetchFailed,
     /// Key sets fetched and refused; the last good set stays in use.
     JwksRejected,
+    /// Admitted sockets closed, per reason (`closed_expired`, `closed_max_age`).
+    Closed(CloseReason),
 }
 
 /// Configurations refused. Not under a `stat_prefix`: a refused configuration has none.
 pub const CONFIG_REJECTIONS: &str = "wsgate.config_rejections";
 
-const FIXED: usize = 9;
+const FIXED: usize = 11;
 const REASONS: usize = DenyReason::ALL.len();
 
 impl Counter {
@@ -56,6 +59,8 @@ impl Counter {
             Counter::JwksUpdated,
             Counter::JwksFetchFailed,
             Counter::JwksRejected,
+            Counter::Closed(CloseReason::Expired),
+            Counter::Closed(CloseReason::MaxAge),
         ]
         .into_iter()
         .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
@@ -74,6 +79,8 @@ impl Counter {
             Counter::JwksUpdated => 6,
             Counter::JwksFetchFailed => 7,
             Counter::JwksRejected => 8,
+            Counter::Closed(CloseReason::Expired) => 9,
+            Counter::Closed(CloseReason::MaxAge) => 10,
             Counter::Denied(reason) => FIXED + reason_index(reason),
             Counter::ShadowDenied(reason) => FIXED + REASONS + reason_index(reason),
         }
@@ -91,6 +98,7 @@ impl Counter {
             Counter::JwksUpdated => "jwks.updated".to_string(),
             Counter::JwksFetchFailed => "jwks.fetch_failed".to_string(),
             Counter::JwksRejected => "jwks.rejected".to_string(),
+            Counter::Closed(reason) => reason.as_str().to_string(),
             Counter::Denied(reason) => format!("denied.{}", reason.as_str()),
             Counter::ShadowDenied(reason) => format!("shadow_denied.{}", reason.as_str()),
         }

@@ -13,6 +13,8 @@ pub type Identity = Vec<(usize, Vec<u8>)>;
 #[derive(Clone, Debug)]
 struct Entry {
     identity: Identity,
+    /// The token's own expiry (plus leeway), for a socket that closes with it.
+    token_expiry: Option<u64>,
     /// The first second at which the entry must no longer be served.
     expires_at: u64,
     /// When it was last served or stored, in the cache's own ticks.
@@ -50,8 +52,9 @@ impl CredentialCache {
         tick
     }
 
-    /// The identity stored for `key`, if there is one that has not expired at `now`.
-    pub fn get(&self, key: &[u8; 32], now: u64) -> Option<Identity> {
+    /// The identity stored for `key` and its token's expiry, if there is one that has not
+    /// expired at `now`.
+    pub fn get(&self, key: &[u8; 32], now: u64) -> Option<(Identity, Option<u64>)> {
         if self.max_entries == 0 {
             return None;
         }
@@ -62,7 +65,7 @@ impl CredentialCache {
         let found = match entries.get_mut(key) {
             Some(entry) if now < entry.expires_at => {
                 entry.last_used = tick;
-                Some(entry.identity.clone())
+                Some((entry.identity.clone(), entry.token_expiry))
             }
             Some(_) => {
                 entries.remove(key);
@@ -97,7 +100,7 @@ impl CredentialCache {
                 }
             }
         }
-        entries.insert(key, Entry { identity, expires_at, last_used: tick });
+        entries.insert(key, Entry { identity, token_expiry, expires_at, last_used: tick });
     }
 
     /// Hits and misses since the last call (for the counters).
@@ -132,7 +135,7 @@ mod tests {
     fn a_stored_identity_is_served_until_the_token_expires_and_never_after() {
         let cache = CredentialCache::new(8, 300);
         cache.put(key(1), identity(1), Some(1_000), 900);
-        assert_eq!(cache.get(&key(1), 999), Some(identity(1)));
+        assert_eq!(cache.get(&key(1), 999), Some((identity(1), Some(1_000))));
         assert_eq!(cache.get(&key(1), 1_000), None, "served at its expiry");
         assert_eq!(cache.get(&key(1), 999), None, "an expired entry is dropped, not kept");
     }

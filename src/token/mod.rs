@@ -141,8 +141,13 @@ impl Auth {
 
     /// Checks the request's credential at `now` (seconds since the Unix epoch). On success, the
     /// edits that remove any identity header the client sent, remove the credential (with
-    /// `strip`) and forward the verified identity.
-    pub fn check(&self, request: &Request, now: u64) -> Result<Vec<RequestEdit<'_>>, DenyReason> {
+    /// `strip`) and forward the verified identity; and, for a JWT with `exp`, the first second
+    /// at which it is expired (leeway included).
+    pub fn check(
+        &self,
+        request: &Request,
+        now: u64,
+    ) -> Result<(Vec<RequestEdit<'_>>, Option<u64>), DenyReason> {
         // The source present carries the credential; one that is present but invalid is
         // refused, never rescued by another source.
         let mut present =
@@ -159,13 +164,13 @@ impl Auth {
             Some(Lookup::Malformed) => return Err(DenyReason::TokenMalformed),
             Some(Lookup::Found { credential, strip }) => (credential, strip),
         };
-        let identity = self.verify(&credential, now)?;
+        let (identity, expiry) = self.verify(&credential, now)?;
         let mut edits = self.unforge(request);
         if self.strip {
             edits.push(strip);
         }
         edits.extend(identity.into_iter().map(|(header, value)| RequestEdit::Set(header, value)));
-        Ok(edits)
+        Ok((edits, expiry))
     }
 
     /// Removes every identity header wsgate sets (`key_id_header`, `claims_to_headers`) that
@@ -176,30 +181,34 @@ impl Auth {
         forgeable.filter(|header| request.values(header).next().is_some()).map(RequestEdit::Remove).collect()
     }
 
-    /// Verifies a credential; returns the identity headers to forward. With both JWT and API
-    /// keys configured, a credential of three dot-separated segments is read as a JWT.
-    fn verify(&self, credential: &[u8], now: u64) -> Result<Vec<(&str, Vec<u8>)>, DenyReason> {
+    /// Verifies a credential; returns the identity headers to forward and a JWT's expiry. With
+    /// both JWT and API keys configured, a credential of three dot-separated segments is read as
+    /// a JWT.
+    #[allow(clippy::type_complexity)]
+    fn verify(&self, credential: &[u8], now: u64) -> Result<(Vec<(&str, Vec<u8>)>, Option<u64>), DenyReason> {
         let looks_like_jwt = credential.iter().filter(|&&b| b == b'.').count() == 2;
         match &self.jwt {
             Some(jwt) if self.api_keys.is_empty() || looks_like_jwt => {
                 let key: [u8; 32] = Sha256::digest(credential).into();
-                let identity = match self.cache.get(&key, now) {
-                    Some(identity) => identity,
+                let (identity, expiry) = match self.cache.get(&key, now) {
+                    Some(cached) => cached,
                     None => {
                         let claims = jwt.verify(credential, now)?;
                         let identity = jwt.identity(&claims)?;
-                        self.cache.put(key, identity.clone(), jwt.expiry(&claims), now);
-                        identity
+                        let expiry = jwt.expiry(&claims);
+                        self.cache.put(key, identity.clone(), expiry, now);
+                        (identity, expiry)
                     }
                 };
-                Ok(identity
+                let headers = identity
                     .into_iter()
                     .filter_map(|(index, value)| Some((jwt.header(index)?, value)))
-                    .collect())
+                    .collect();
+                Ok((headers, expiry))
             }
             _ => {
                 let key = self.verify_api_key(credential).ok_or(DenyReason::ApiKeyInvalid)?;
-                Ok(vec![(self.key_id_header.as_str(), key.id.as_bytes().to_vec())])
+                Ok((vec![(self.key_id_header.as_str(), key.id.as_bytes().to_vec())], None))
             }
         }
     }

@@ -1,0 +1,119 @@
+//! Admitted WebSockets that must end: when the JWT that admitted them expires
+//! (`close_on_expiry`) or after `max_connection_seconds`. The core says when each one closes and
+//! which are due; the shell keeps the list on its root context, checks it on a timer and resets
+//! the streams that are due.
+
+/// Why an admitted socket is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The JWT that admitted it has expired (plus leeway).
+    Expired,
+    /// It has been open `max_connection_seconds`.
+    MaxAge,
+}
+
+impl CloseReason {
+    /// The word for it in logs and counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Expired => "closed_expired",
+            CloseReason::MaxAge => "closed_max_age",
+        }
+    }
+}
+
+/// When an admitted socket closes, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Close {
+    /// The first second (since the Unix epoch) at which the socket must be closed.
+    pub at: u64,
+    pub reason: CloseReason,
+}
+
+impl Close {
+    /// The earlier of a close on the credential's expiry and one on the socket's age.
+    pub fn earliest(expiry: Option<u64>, max_age_at: Option<u64>) -> Option<Close> {
+        let expired = expiry.map(|at| Close { at, reason: CloseReason::Expired });
+        let aged = max_age_at.map(|at| Close { at, reason: CloseReason::MaxAge });
+        match (expired, aged) {
+            (Some(e), Some(a)) => Some(if a.at < e.at { a } else { e }),
+            (e, a) => e.or(a),
+        }
+    }
+}
+
+/// The open sockets of one VM that have a close time, by the host's id of their stream.
+#[derive(Debug, Default)]
+pub struct OpenSockets {
+    open: Vec<(u32, Close)>,
+}
+
+impl OpenSockets {
+    pub fn admit(&mut self, stream: u32, close: Close) {
+        self.forget(stream);
+        self.open.push((stream, close));
+    }
+
+    /// The stream ended by itself.
+    pub fn forget(&mut self, stream: u32) {
+        self.open.retain(|(id, _)| *id != stream);
+    }
+
+    /// The sockets due at `now`, taken off the list.
+    pub fn due(&mut self, now: u64) -> Vec<(u32, CloseReason)> {
+        let due = self
+            .open
+            .iter()
+            .filter(|(_, close)| close.at <= now)
+            .map(|(id, close)| (*id, close.reason))
+            .collect();
+        self.open.retain(|(_, close)| close.at > now);
+        due
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn the_earlier_close_wins_and_either_alone_stands() {
+        let expired = Close { at: 100, reason: CloseReason::Expired };
+        let aged = Close { at: 50, reason: CloseReason::MaxAge };
+        assert_eq!(Close::earliest(Some(100), Some(50)), Some(aged));
+        assert_eq!(Close::earliest(Some(100), Some(150)), Some(expired));
+        assert_eq!(Close::earliest(Some(100), None), Some(expired));
+        assert_eq!(Close::earliest(None, Some(50)), Some(aged));
+        assert_eq!(Close::earliest(None, None), None);
+    }
+
+    #[test]
+    fn sockets_are_due_at_their_close_time_and_only_once() {
+        let mut open = OpenSockets::default();
+        open.admit(7, Close { at: 100, reason: CloseReason::Expired });
+        open.admit(8, Close { at: 200, reason: CloseReason::MaxAge });
+        assert_eq!(open.due(99), vec![]);
+        assert_eq!(open.due(100), vec![(7, CloseReason::Expired)]);
+        assert_eq!(open.due(150), vec![]);
+        assert_eq!(open.due(300), vec![(8, CloseReason::MaxAge)]);
+        assert!(open.is_empty());
+    }
+
+    #[test]
+    fn a_stream_that_ended_is_never_closed() {
+        let mut open = OpenSockets::default();
+        open.admit(7, Close { at: 100, reason: CloseReason::Expired });
+        open.forget(7);
+        assert_eq!(open.due(1000), vec![]);
+    }
+}
