@@ -44,7 +44,7 @@ struct Root {
     sockets: Rc<RefCell<OpenSockets>>,
 }
 
-/// How often the root context looks for key set fetches that are due.
+/// How often the root context looks for key set fetches and socket closes that are due.
 const TICK: Duration = Duration::from_secs(1);
 
 fn seconds(time: SystemTime) -> u64 {
@@ -133,8 +133,7 @@ impl RootContext for Root {
                 self.counters = Rc::new(counters);
                 // Answers to the fetches of an earlier configuration are not for this one.
                 self.fetches.clear();
-                let timer = policy.fetches_keys() || policy.closes_sockets();
-                self.set_tick_period(if timer { TICK } else { Duration::ZERO });
+                self.set_tick_period(if policy.needs_timer() { TICK } else { Duration::ZERO });
                 self.policy = Some(Rc::new(policy));
                 true
             }

@@ -85,9 +85,7 @@ impl ResponsePlan {
         let secure = rules.is_some_and(|rules| rules.secure(request));
         ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure, close: None }
     }
-}
 
-impl ResponsePlan {
     /// Whether the response may get headers at all: when not, the shell need not even read it.
     pub fn edits_response(&self) -> bool {
         self.security_headers
@@ -283,14 +281,10 @@ impl Policy {
             .filter_map(|jwt| Some((jwt.remote()?, jwt.algorithms())))
     }
 
-    /// Whether any policy fetches a key set, so that the shell must keep a timer.
-    pub fn fetches_keys(&self) -> bool {
-        self.remote_jwks().next().is_some()
-    }
-
-    /// Whether any policy closes admitted sockets, so that the shell must keep a timer.
-    pub fn closes_sockets(&self) -> bool {
-        self.all_rules().any(Rules::closes_sockets)
+    /// Whether the shell must keep a timer: some policy fetches a key set or closes admitted
+    /// sockets.
+    pub fn needs_timer(&self) -> bool {
+        self.remote_jwks().next().is_some() || self.all_rules().any(Rules::closes_sockets)
     }
 
     /// The key set fetches due at `now`, each with its index for [`Policy::keys_fetched`].
