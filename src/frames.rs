@@ -1,0 +1,322 @@
+//! The client's first WebSocket message (RFC 6455 section 5), read from the bytes that follow an
+//! admitted handshake, for a credential sent in it. Only what that needs: frames are parsed as
+//! they arrive, in pieces of any size; control frames before the message are passed over; a
+//! fragmented message is put together; nothing beyond `max_bytes` is ever held.
+
+use serde_json::Value;
+
+/// Why the first message cannot be read; the socket is closed for any of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// More than `max_bytes` arrived before the first message was complete.
+    TooLarge,
+    /// A client frame without a mask (RFC 6455 section 5.1).
+    Unmasked,
+    /// Reserved bits set: an extension such as `permessage-deflate`, which this reader does not
+    /// undo, or a protocol error.
+    Reserved,
+    /// An opcode RFC 6455 does not define.
+    UnknownOpcode,
+    /// A control frame that is fragmented or longer than 125 bytes (section 5.5).
+    BadControl,
+    /// A continuation frame outside a message, or a new message inside one (section 5.4).
+    BadFragment,
+    /// A 64-bit length with its top bit set (section 5.2).
+    BadLength,
+    /// The client closed before sending a message.
+    Closed,
+}
+
+/// The first data message: its payload (unmasked, fragments joined), whether it is text, and
+/// how many bytes of the stream it took, control frames before it included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub payload: Vec<u8>,
+    pub text: bool,
+    pub end: usize,
+}
+
+/// Reads the first message from the client's bytes, fed as they arrive.
+#[derive(Debug)]
+pub struct FirstMessage {
+    max_bytes: usize,
+    /// Every byte fed so far.
+    held: Vec<u8>,
+    /// Where the next frame starts in `held`.
+    at: usize,
+    /// The message being put together: its payload and whether it is text.
+    message: Option<(Vec<u8>, bool)>,
+}
+
+/// One frame's header: FIN, opcode, mask key, and where its payload lies in `held`.
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    payload: std::ops::Range<usize>,
+}
+
+impl FirstMessage {
+    pub fn new(max_bytes: usize) -> FirstMessage {
+        FirstMessage { max_bytes, held: Vec::new(), at: 0, message: None }
+    }
+
+    /// Every byte fed so far, for the shell to release (or drop) once the message is read.
+    pub fn held(&self) -> &[u8] {
+        &self.held
+    }
+
+    /// Takes the next bytes of the stream. `Ok(None)`: more are needed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<Message>, FrameError> {
+        self.held.extend_from_slice(bytes);
+        loop {
+            let Some(frame) = self.next_frame()? else {
+                if self.held.len() > self.max_bytes {
+                    return Err(FrameError::TooLarge);
+                }
+                return Ok(None);
+            };
+            if frame.payload.end > self.max_bytes {
+                return Err(FrameError::TooLarge);
+            }
+            self.at = frame.payload.end;
+            let payload: Vec<u8> = self
+                .held
+                .get(frame.payload.clone())
+                .unwrap_or_default()
+                .iter()
+                .zip(frame.mask.iter().cycle())
+                .map(|(byte, mask)| byte ^ mask)
+                .collect();
+            match (frame.opcode, self.message.take()) {
+                // Ping and pong before the message are passed over.
+                (0x9 | 0xA, message) => self.message = message,
+                (0x8, _) => return Err(FrameError::Closed),
+                (0x1 | 0x2, None) => self.message = Some((payload, frame.opcode == 0x1)),
+                (0x0, Some((mut joined, text))) => {
+                    joined.extend_from_slice(&payload);
+                    self.message = Some((joined, text));
+                }
+                (0x0, None) | (0x1 | 0x2, Some(_)) => return Err(FrameError::BadFragment),
+                _ => return Err(FrameError::UnknownOpcode),
+            }
+            if frame.fin && frame.opcode < 0x8 {
+                if let Some((payload, text)) = self.message.take() {
+                    return Ok(Some(Message { payload, text, end: self.at }));
+                }
+            }
+        }
+    }
+
+    /// The next whole frame in `held`, if it has all arrived.
+    fn next_frame(&self) -> Result<Option<Frame>, FrameError> {
+        let bytes = self.held.get(self.at..).unwrap_or_default();
+        let (Some(&first), Some(&second)) = (bytes.first(), bytes.get(1)) else { return Ok(None) };
+        if first & 0x70 != 0 {
+            return Err(FrameError::Reserved);
+        }
+        if second & 0x80 == 0 {
+            return Err(FrameError::Unmasked);
+        }
+        let (fin, opcode) = (first & 0x80 != 0, first & 0x0F);
+        let (length, header) = match second & 0x7F {
+            126 => match bytes.get(2..4) {
+                Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+                _ => return Ok(None),
+            },
+            127 => match bytes.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+                Some(b) if b[0] & 0x80 != 0 => return Err(FrameError::BadLength),
+                Some(b) => (u64::from_be_bytes(b), 10),
+                None => return Ok(None),
+            },
+            short => (u64::from(short), 2),
+        };
+        if opcode >= 0x8 && (!fin || length > 125) {
+            return Err(FrameError::BadControl);
+        }
+        let Some(mask) = bytes.get(header..header + 4).and_then(|m| <[u8; 4]>::try_from(m).ok()) else {
+            return Ok(None);
+        };
+        let start = self.at + header + 4;
+        // A length past what may be held is refused before it is waited for.
+        let length = usize::try_from(length).map_err(|_| FrameError::TooLarge)?;
+        let end =
+            start.checked_add(length).filter(|end| *end <= self.max_bytes).ok_or(FrameError::TooLarge)?;
+        if end > self.held.len() {
+            return Ok(None);
+        }
+        Ok(Some(Frame { fin, opcode, mask, payload: start..end }))
+    }
+}
+
+/// Why a first message carries no credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageError {
+    /// Not a JSON object in UTF-8 text.
+    NotJson,
+    /// The type member is not the configured one: not the auth message.
+    NotAuth,
+    /// No string at the token pointer.
+    NoToken,
+}
+
+/// The credential in an auth message: the string at `token_pointer` (RFC 6901), once the value at
+/// `type_pointer` (when configured) is `type_value`.
+pub fn credential(
+    message: &Message,
+    token_pointer: &str,
+    kind: Option<(&str, &str)>,
+) -> Result<Vec<u8>, MessageError> {
+    let text = std::str::from_utf8(&message.payload).map_err(|_| MessageError::NotJson)?;
+    let value: Value = serde_json::from_str(text).map_err(|_| MessageError::NotJson)?;
+    if !value.is_object() {
+        return Err(MessageError::NotJson);
+    }
+    if let Some((type_pointer, type_value)) = kind {
+        if value.pointer(type_pointer).and_then(Value::as_str) != Some(type_value) {
+            return Err(MessageError::NotAuth);
+        }
+    }
+    match value.pointer(token_pointer) {
+        Some(Value::String(token)) if !token.is_empty() => Ok(token.as_bytes().to_vec()),
+        _ => Err(MessageError::NoToken),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    fn read(bytes: &[u8], max: usize) -> Result<Option<Message>, FrameError> {
+        FirstMessage::new(max).feed(bytes)
+    }
+
+    #[test]
+    fn a_masked_text_frame_is_unmasked() {
+        let bytes = frame(true, 0x1, br#"{"token":"t"}"#);
+        let message = read(&bytes, 1024).unwrap().unwrap();
+        assert_eq!(message.payload, br#"{"token":"t"}"#);
+        assert!(message.text);
+        assert_eq!(message.end, bytes.len());
+    }
+
+    #[test]
+    fn seven_sixteen_and_sixty_four_bit_lengths_are_read() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'a'; len];
+            let message = read(&frame(true, 0x2, &payload), 100_000).unwrap().unwrap();
+            assert_eq!(message.payload.len(), len);
+            assert!(!message.text);
+        }
+    }
+
+    #[test]
+    fn bytes_fed_one_at_a_time_give_the_same_message_and_what_follows_is_left() {
+        let mut bytes = frame(true, 0x1, b"hello");
+        let first_len = bytes.len();
+        bytes.extend(frame(true, 0x1, b"next"));
+        let mut reader = FirstMessage::new(1024);
+        let mut found = None;
+        for byte in &bytes {
+            if let Some(message) = reader.feed(std::slice::from_ref(byte)).unwrap() {
+                found = Some(message);
+                break;
+            }
+        }
+        let message = found.unwrap();
+        assert_eq!(message.payload, b"hello");
+        assert_eq!(message.end, first_len);
+    }
+
+    #[test]
+    fn a_fragmented_message_is_put_together_and_pings_between_are_passed_over() {
+        let mut bytes = frame(true, 0x9, b"ping");
+        bytes.extend(frame(false, 0x1, b"hel"));
+        bytes.extend(frame(true, 0xA, b""));
+        bytes.extend(frame(false, 0x0, b"l"));
+        bytes.extend(frame(true, 0x0, b"o"));
+        let message = read(&bytes, 1024).unwrap().unwrap();
+        assert_eq!(message.payload, b"hello");
+        assert_eq!(message.end, bytes.len());
+    }
+
+    #[test]
+    fn nothing_beyond_max_bytes_is_held() {
+        assert_eq!(read(&frame(true, 0x1, &[b'a'; 100]), 50), Err(FrameError::TooLarge));
+        // A length announced past the limit is refused before its payload arrives.
+        assert_eq!(read(&frame(true, 0x1, &[b'a'; 100])[..8], 50), Err(FrameError::TooLarge));
+        let mut pings = Vec::new();
+        for _ in 0..10 {
+            pings.extend(frame(true, 0x9, &[0; 10]));
+        }
+        assert_eq!(read(&pings, 100), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn protocol_errors_are_refused() {
+        let mut unmasked = frame(true, 0x1, b"x");
+        unmasked[1] &= 0x7F;
+        assert_eq!(read(&unmasked, 1024), Err(FrameError::Unmasked));
+        let mut compressed = frame(true, 0x1, b"x");
+        compressed[0] |= 0x40;
+        assert_eq!(read(&compressed, 1024), Err(FrameError::Reserved));
+        assert_eq!(read(&frame(true, 0x3, b"x"), 1024), Err(FrameError::UnknownOpcode));
+        assert_eq!(read(&frame(false, 0x9, b"x"), 1024), Err(FrameError::BadControl));
+        assert_eq!(read(&frame(true, 0x9, &[0; 126]), 1024), Err(FrameError::BadControl));
+        assert_eq!(read(&frame(true, 0x0, b"x"), 1024), Err(FrameError::BadFragment));
+        let mut interleaved = frame(false, 0x1, b"a");
+        interleaved.extend(frame(true, 0x1, b"b"));
+        assert_eq!(read(&interleaved, 1024), Err(FrameError::BadFragment));
+        assert_eq!(read(&frame(true, 0x8, &[0x03, 0xe8]), 1024), Err(FrameError::Closed));
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(read(&huge, 1024), Err(FrameError::BadLength));
+    }
+
+    fn message(payload: &[u8]) -> Message {
+        Message { payload: payload.to_vec(), text: true, end: 0 }
+    }
+
+    #[test]
+    fn the_credential_is_read_at_its_pointer_once_the_type_matches() {
+        let auth = message(br#"{"type":"auth","token":"abc"}"#);
+        assert_eq!(credential(&auth, "/token", Some(("/type", "auth"))), Ok(b"abc".to_vec()));
+        assert_eq!(credential(&auth, "/token", None), Ok(b"abc".to_vec()));
+        let nested = message(br#"{"auth":{"jwt":"x.y.z"}}"#);
+        assert_eq!(credential(&nested, "/auth/jwt", None), Ok(b"x.y.z".to_vec()));
+    }
+
+    #[test]
+    fn a_message_that_is_not_the_auth_message_gives_no_credential() {
+        let chat = message(br#"{"type":"chat","token":"abc"}"#);
+        assert_eq!(credential(&chat, "/token", Some(("/type", "auth"))), Err(MessageError::NotAuth));
+        assert_eq!(credential(&message(br#"{"type":"auth"}"#), "/token", None), Err(MessageError::NoToken));
+        assert_eq!(credential(&message(br#"{"token":7}"#), "/token", None), Err(MessageError::NoToken));
+        assert_eq!(credential(&message(b"not json"), "/token", None), Err(MessageError::NotJson));
+        assert_eq!(credential(&message(b"[\"token\"]"), "/0", None), Err(MessageError::NotJson));
+        assert_eq!(credential(&message(b"{\"token\":\"\xff\"}"), "/token", None), Err(MessageError::NotJson));
+    }
+}
