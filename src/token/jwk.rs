@@ -159,80 +159,75 @@ impl Jwk {
         };
         let off_curve =
             || err("", format!("x and y are not a point on {}", members.crv.as_deref().unwrap_or("?")));
-        let (material, fits): (Material, &'static [Algorithm]) =
-            match (members.kty.as_str(), members.crv.as_deref()) {
-                ("RSA", _) => {
-                    let n = bytes("n", &members.n)?;
-                    let e = bytes("e", &members.e)?;
-                    let bits = u32::try_from(n.len() * 8).map_err(|_| err("n", "is too long".to_string()))?;
-                    let n = rsa::BoxedUint::from_be_slice(&n, bits)
-                        .map_err(|_| err("n", "is not a modulus".to_string()))?;
-                    let e = rsa::BoxedUint::from_be_slice(&e, 64)
-                        .map_err(|_| err("e", "is too long".to_string()))?;
-                    let key = rsa::PublicKey::new_with_size_limits(n, e, RSA_MIN_BITS..=RSA_MAX_BITS)
-                        .map_err(|e| {
-                            err(
-                                "n",
-                                format!(
-                                    "is not an RSA public key of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits: {e}"
-                                ),
-                            )
+        let material = match (members.kty.as_str(), members.crv.as_deref()) {
+            ("RSA", _) => {
+                let n = bytes("n", &members.n)?;
+                let e = bytes("e", &members.e)?;
+                let bits = u32::try_from(n.len() * 8).map_err(|_| err("n", "is too long".to_string()))?;
+                let n = rsa::BoxedUint::from_be_slice(&n, bits)
+                    .map_err(|_| err("n", "is not a modulus".to_string()))?;
+                let e =
+                    rsa::BoxedUint::from_be_slice(&e, 64).map_err(|_| err("e", "is too long".to_string()))?;
+                let key =
+                    rsa::PublicKey::new_with_size_limits(n, e, RSA_MIN_BITS..=RSA_MAX_BITS).map_err(|e| {
+                        err(
+                            "n",
+                            format!("is not an RSA public key of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits: {e}"),
+                        )
+                    })?;
+                Material::Rsa(key)
+            }
+            ("EC", Some("P-256")) => {
+                let key =
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(32)?).map_err(|_| off_curve())?;
+                Material::P256(key)
+            }
+            ("EC", Some("P-384")) => {
+                let key =
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(48)?).map_err(|_| off_curve())?;
+                Material::P384(key)
+            }
+            ("OKP", Some("Ed25519")) => {
+                let x: [u8; 32] = bytes("x", &members.x)?
+                    .try_into()
+                    .map_err(|_| err("x", "is not 32 bytes".to_string()))?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
+                    .map_err(|_| err("x", "is not an Ed25519 public key".to_string()))?;
+                Material::Ed25519(key)
+            }
+            ("oct", _) => {
+                let secret = match (&members.k, &members.k_env) {
+                    (Some(_), None) => bytes("k", &members.k)?,
+                    (None, Some(name)) => {
+                        let value = env(name).ok_or_else(|| {
+                            err("k_env", format!("names {name:?}, which is not set in the VM's environment"))
                         })?;
-                    (Material::Rsa(key), RSA_FITS)
-                }
-                ("EC", Some("P-256")) => {
-                    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(32)?)
-                        .map_err(|_| off_curve())?;
-                    (Material::P256(key), &[Algorithm::ES256])
-                }
-                ("EC", Some("P-384")) => {
-                    let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(48)?)
-                        .map_err(|_| off_curve())?;
-                    (Material::P384(key), &[Algorithm::ES384])
-                }
-                ("OKP", Some("Ed25519")) => {
-                    let x: [u8; 32] = bytes("x", &members.x)?
-                        .try_into()
-                        .map_err(|_| err("x", "is not 32 bytes".to_string()))?;
-                    let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
-                        .map_err(|_| err("x", "is not an Ed25519 public key".to_string()))?;
-                    (Material::Ed25519(key), &[Algorithm::EdDSA])
-                }
-                ("oct", _) => {
-                    let secret = match (&members.k, &members.k_env) {
-                        (Some(_), None) => bytes("k", &members.k)?,
-                        (None, Some(name)) => {
-                            let value = env(name).ok_or_else(|| {
-                                err(
-                                    "k_env",
-                                    format!("names {name:?}, which is not set in the VM's environment"),
-                                )
-                            })?;
-                            Base64UrlUnpadded::decode_vec(value.trim()).map_err(|_| {
-                                err("k_env", format!("{name:?} does not hold base64url without padding"))
-                            })?
-                        }
-                        _ => {
-                            return Err(err(
-                                "",
-                                "an oct key needs exactly one of \"k\" and \"k_env\"".to_string(),
-                            ))
-                        }
-                    };
-                    if secret.len() < HMAC_MIN_BYTES {
-                        let problem = format!(
-                            "the secret is {} bytes; HMAC needs at least {HMAC_MIN_BYTES}",
-                            secret.len()
-                        );
-                        return Err(err("", problem));
+                        Base64UrlUnpadded::decode_vec(value.trim()).map_err(|_| {
+                            err("k_env", format!("{name:?} does not hold base64url without padding"))
+                        })?
                     }
-                    (Material::Hmac(secret), HMAC_FITS)
+                    _ => {
+                        return Err(err(
+                            "",
+                            "an oct key needs exactly one of \"k\" and \"k_env\"".to_string(),
+                        ))
+                    }
+                };
+                if secret.len() < HMAC_MIN_BYTES {
+                    let problem =
+                        format!("the secret is {} bytes; HMAC needs at least {HMAC_MIN_BYTES}", secret.len());
+                    return Err(err("", problem));
                 }
-                (kty, crv) => {
-                    let problem = format!("kty {kty:?} with crv {crv:?} is not a key type wsgate verifies");
-                    return Err(err("kty", problem));
-                }
-            };
+                Material::Hmac(secret)
+            }
+            (kty, crv) => {
+                let problem = format!("kty {kty:?} with crv {crv:?} is not a key type wsgate verifies");
+                return Err(err("kty", problem));
+            }
+        };
+        // The algorithms a key of this type can verify: the same table that sorts the keys of a
+        // fetched set.
+        let fits = Jwk::algorithms_of(&members.kty, members.crv.as_deref());
         let declared = match &members.alg {
             Some(name) => {
                 let alg = Algorithm::from_name(name)
