@@ -80,6 +80,11 @@ impl Results {
         median(self.of(workload, variant).map(|(_, m)| figure(m)).collect())
     }
 
+    /// `variant`'s figures in round `round`.
+    fn in_round(&self, workload: Workload, variant: Variant, round: usize) -> Option<&Measure> {
+        self.of(workload, variant).find(|(r, _)| *r == round).map(|(_, measure)| measure)
+    }
+
     /// The median over rounds of `combine(a's figure, b's figure)` within each round.
     fn median_per_round(
         &self,
@@ -89,9 +94,7 @@ impl Results {
     ) -> f64 {
         let values = self
             .of(workload, a)
-            .filter_map(|(round, ma)| {
-                self.of(workload, b).find(|(r, _)| *r == round).map(|(_, mb)| combine(ma, mb))
-            })
+            .filter_map(|(round, ma)| Some(combine(ma, self.in_round(workload, b, round)?)))
             .collect();
         median(values)
     }
@@ -109,12 +112,13 @@ impl Results {
 
     /// The median over rounds of wsgate's added CPU over the native filters' added CPU.
     fn added_cpu_ratio(&self, workload: Workload) -> f64 {
-        let plain: Vec<&Measure> = self.of(workload, Variant::Plain).map(|(_, m)| m).collect();
         let values = self
             .of(workload, Variant::Wsgate)
-            .zip(self.of(workload, Variant::Native))
-            .zip(plain)
-            .map(|(((_, w), (_, n)), p)| (w.user_us - p.user_us) / (n.user_us - p.user_us))
+            .filter_map(|(round, wsgate)| {
+                let native = self.in_round(workload, Variant::Native, round)?;
+                let plain = self.in_round(workload, Variant::Plain, round)?;
+                Some((wsgate.user_us - plain.user_us) / (native.user_us - plain.user_us))
+            })
             .collect();
         median(values)
     }
