@@ -18,7 +18,7 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-flo
 NOOP_WASM     := target/wasm32-wasip1/release/wsgate_bench_noop.wasm
 
 CERT          := .run/tls/cert.pem
-FUZZ_TARGETS  := config origin credential_sources jwt decide
+FUZZ_TARGETS  := config origin credential_sources jwt decide first_message
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
@@ -81,7 +81,7 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies --test closing
+	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies --test closing --test first_message
 
 bench: build envoy ## Plain Envoy, native filters, a do-nothing wasm filter and wsgate, in rounds (docs/BENCHMARKS.md)
 	cargo build --profile load -p wsgate-bench

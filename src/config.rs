@@ -247,8 +247,8 @@ pub struct ClaimHeader {
     pub header: String,
 }
 
-/// One place a credential may travel. Exactly one of `query`, `cookie`, `header` and
-/// `subprotocol`; `prefix` only with `header`.
+/// One place a credential may travel. Exactly one of `query`, `cookie`, `header`,
+/// `subprotocol` and `first_message`; `prefix` only with `header`.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +265,48 @@ pub struct SourceConfig {
     /// The `Sec-WebSocket-Protocol` entry prefix whose remainder is the base64url-encoded
     /// credential (`base64url.bearer.authorization.k8s.io.`).
     pub subprotocol: Option<String>,
+    /// The client's first WebSocket message, a JSON object that carries the credential. Only as
+    /// the last source: used when no earlier source holds a credential.
+    pub first_message: Option<FirstMessageConfig>,
+}
+
+/// `first_message`: the handshake goes on to the upstream without a credential, and wsgate
+/// holds every byte the client sends until its first message has been read and its credential
+/// verified. The socket is closed if that fails, and the upstream gets none of those bytes.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstMessageConfig {
+    /// Where the credential is in the message: a JSON Pointer (RFC 6901) to a string, `/token`.
+    /// Required.
+    pub token_pointer: String,
+    /// Where the message says what it is: a JSON Pointer, `/type`. Defaults to none: any
+    /// message is read as the auth message. Given with `type_value`.
+    #[serde(default)]
+    pub type_pointer: Option<String>,
+    /// The string at `type_pointer` that makes a message the auth message, `auth`.
+    #[serde(default)]
+    pub type_value: Option<String>,
+    /// How long the client has, from the handshake, to send the whole message: 100 to 60000 ms.
+    /// Defaults to 5000.
+    #[serde(default = "default_first_message_timeout")]
+    pub timeout_ms: u64,
+    /// The most bytes held before the message is complete, frame headers and control frames
+    /// included: 64 to 65536. Defaults to 8192.
+    #[serde(default = "default_first_message_bytes")]
+    pub max_bytes: usize,
+    /// Pass the auth message on to the upstream once verified. Defaults to false: it is
+    /// removed, and the upstream's first message is the client's second.
+    #[serde(default)]
+    pub forward: bool,
+}
+
+fn default_first_message_timeout() -> u64 {
+    5000
+}
+
+fn default_first_message_bytes() -> usize {
+    8192
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -10,13 +10,14 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
+use crate::first_message::{Awaiting, Step};
 use crate::headers::Response;
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
 use crate::request::Request;
-use crate::sockets::OpenSockets;
+use crate::sockets::{Close, OpenSockets};
 use crate::stats::{Counter, CONFIG_REJECTIONS};
 use crate::token::remote::MAX_BODY_BYTES;
-use crate::verdict::{RequestEdit, Verdict};
+use crate::verdict::{DenyReason, RequestEdit, Verdict};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -44,11 +45,13 @@ struct Root {
     sockets: Rc<RefCell<OpenSockets>>,
 }
 
-/// How often the root context looks for key set fetches and socket closes that are due.
-const TICK: Duration = Duration::from_secs(1);
-
 fn seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or_default()
+}
+
+fn milliseconds(time: SystemTime) -> u64 {
+    let elapsed = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    elapsed.as_secs().saturating_mul(1000).saturating_add(u64::from(elapsed.subsec_millis()))
 }
 
 /// Envoy's ids of the counters the core names, in [`Counter::index`] order.
@@ -133,7 +136,7 @@ impl RootContext for Root {
                 self.counters = Rc::new(counters);
                 // Answers to the fetches of an earlier configuration are not for this one.
                 self.fetches.clear();
-                self.set_tick_period(if policy.needs_timer() { TICK } else { Duration::ZERO });
+                self.set_tick_period(policy.tick_period().unwrap_or(Duration::ZERO));
                 self.policy = Some(Rc::new(policy));
                 true
             }
@@ -150,11 +153,11 @@ impl RootContext for Root {
     }
 
     /// Starts the key set fetches that are due (the first one on the first tick, when Envoy's
-    /// clusters are up), and closes the admitted sockets that are due.
+    /// clusters are up), and closes the sockets that are due.
     fn on_tick(&mut self) {
         let Some(policy) = self.policy.clone() else { return };
-        let now = seconds(self.get_current_time());
-        for (index, fetch) in policy.key_fetches_due(now) {
+        let now = milliseconds(self.get_current_time());
+        for (index, fetch) in policy.key_fetches_due(now / 1000) {
             match self.dispatch_http_call(fetch.cluster, fetch.headers, None, Vec::new(), fetch.timeout) {
                 Ok(token) => self.fetches.push((token, index)),
                 Err(_) => self.keys_fetched(&policy, index, None, &[]),
@@ -164,9 +167,11 @@ impl RootContext for Root {
         for (stream, reason) in due {
             // A stream with no callback in flight can be reset from here, acting as its context;
             // Envoy offers no way to send it a WebSocket close frame (README, "Sockets that end").
-            if hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok() {
+            let reset =
+                hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok();
+            if let (true, Some(counter)) = (reset, Counter::for_close(reason)) {
                 log::warn!("admitted socket closed: reason={}", reason.as_str());
-                self.counters.add(Counter::Closed(reason), 1);
+                self.counters.add(counter, 1);
             }
         }
         let _ = hostcalls::set_effective_context(self.id);
@@ -179,6 +184,9 @@ impl RootContext for Root {
             policy: self.policy.clone(),
             counters: Rc::clone(&self.counters),
             plan: ResponsePlan::default(),
+            awaiting: None,
+            held: 0,
+            refused: false,
         }))
     }
 
@@ -196,18 +204,46 @@ struct Stream {
     counters: Rc<Counters>,
     /// What the core decided about the response, kept from the request callback.
     plan: ResponsePlan,
+    /// A socket whose credential is to come in its first message, until it has.
+    awaiting: Option<Awaiting>,
+    /// How many of the client's bytes Envoy holds for this filter (all fed to `awaiting`).
+    held: usize,
+    /// The socket was refused and reset: nothing more of it goes on.
+    refused: bool,
 }
 
 impl Context for Stream {
     fn on_done(&mut self) -> bool {
-        if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
-            sockets.forget(self.id);
+        self.set_close(None);
+        // Still waiting: the timer closed it, or the client went away.
+        if let Some(awaiting) = self.awaiting.take() {
+            let reason = awaiting.abandoned(milliseconds(self.get_current_time()));
+            self.refuse(&awaiting, reason);
         }
         true
     }
 }
 
 impl Stream {
+    fn set_close(&self, close: Option<Close>) {
+        if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
+            match close {
+                Some(close) => sockets.admit(self.id, close),
+                None => {
+                    sockets.forget(self.id);
+                }
+            }
+        }
+    }
+
+    /// Counts and logs a socket refused after its handshake. The caller resets it, if needed.
+    fn refuse(&mut self, awaiting: &Awaiting, reason: DenyReason) {
+        self.refused = true;
+        self.set_close(None);
+        log::warn!("{}", awaiting.log_line(reason));
+        self.counters.add(Counter::Denied(reason), 1);
+    }
+
     fn apply(&self, edit: RequestEdit<'_>) {
         match edit {
             RequestEdit::Set(name, value) => self.set_http_request_header_bytes(name, Some(&value)),
@@ -230,7 +266,7 @@ impl HttpContext for Stream {
         // this property only for a TLS connection.
         let tls = self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
         let request = Request::new(self.get_http_request_headers_bytes()).with_tls(tls);
-        let clock = || seconds(self.get_current_time());
+        let clock = || milliseconds(self.get_current_time());
         let policy = self.policy.as_deref();
         let (verdict, plan) = decide_and_plan(policy, &request, clock);
         self.plan = plan;
@@ -253,6 +289,14 @@ impl HttpContext for Stream {
                 }
                 Action::Continue
             }
+            Verdict::Await { edits, awaiting } => {
+                for edit in edits {
+                    self.apply(edit);
+                }
+                self.set_close(Some(awaiting.timeout()));
+                self.awaiting = Some(awaiting);
+                Action::Continue
+            }
             Verdict::Deny(denial) => {
                 self.send_http_response(
                     u32::from(denial.status),
@@ -264,11 +308,55 @@ impl HttpContext for Stream {
         }
     }
 
+    /// The client's bytes, held while a socket waits for its first message.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.refused {
+            return Action::Pause;
+        }
+        // Every frame of every socket comes here: nothing is asked of the host unless waiting.
+        let Some(mut awaiting) = self.awaiting.take() else { return Action::Continue };
+        let Some(policy) = self.policy.clone() else { return Action::Continue };
+        // Envoy hands over everything held so far; only what is new is read.
+        let new = body_size.saturating_sub(self.held);
+        let bytes = match new {
+            0 => Vec::new(),
+            _ => self.get_http_request_body(self.held, new).unwrap_or_default(),
+        };
+        self.held = body_size;
+        let now = milliseconds(self.get_current_time());
+        match policy.read_first_message(&mut awaiting, &bytes, end_of_stream, now) {
+            Step::Hold => {
+                self.awaiting = Some(awaiting);
+                // Pause on a body is StopIterationAndBuffer: Envoy keeps the bytes.
+                Action::Pause
+            }
+            Step::Release { cut, keep, close } => {
+                if cut > 0 {
+                    // Replaces the first `cut` bytes held (the auth message) with `keep`.
+                    self.set_http_request_body(0, cut, &keep);
+                }
+                self.set_close(close);
+                self.counters.add(Counter::Allowed, 1);
+                Action::Continue
+            }
+            Step::Refuse(reason) => {
+                self.refuse(&awaiting, reason);
+                let _ = hostcalls::reset_http_request();
+                Action::Pause
+            }
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.plan.edits_response() && !self.plan.may_close() {
+        if !self.plan.edits_response() && !self.plan.may_close() && self.awaiting.is_none() {
             return Action::Continue;
         }
         let response = Response::new(self.get_http_response_headers_bytes());
+        if self.awaiting.is_some() && !response.opens_socket() {
+            // The upstream refused the upgrade: there is no socket to wait on.
+            self.awaiting = None;
+            self.set_close(None);
+        }
         if let Some(close) = self.plan.close_after(&response) {
             if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
                 sockets.admit(self.id, close);

@@ -5,6 +5,8 @@
 
 use serde_json::Value;
 
+use crate::token::jwt::unique_object;
+
 /// Why the first message cannot be read; the socket is closed for any of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
@@ -34,10 +36,13 @@ pub struct Message {
     pub payload: Vec<u8>,
     pub text: bool,
     pub end: usize,
+    /// The pings and pongs among those bytes, as they came: what is left of them once the
+    /// message itself is taken out.
+    pub control_frames: Vec<u8>,
 }
 
 /// Reads the first message from the client's bytes, fed as they arrive.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirstMessage {
     max_bytes: usize,
     /// Every byte fed so far.
@@ -46,19 +51,22 @@ pub struct FirstMessage {
     at: usize,
     /// The message being put together: its payload and whether it is text.
     message: Option<(Vec<u8>, bool)>,
+    /// The pings and pongs read so far, whole frames as they came.
+    control_frames: Vec<u8>,
 }
 
-/// One frame's header: FIN, opcode, mask key, and where its payload lies in `held`.
+/// One frame's header: FIN, opcode, mask key, and where it and its payload lie in `held`.
 struct Frame {
     fin: bool,
     opcode: u8,
     mask: [u8; 4],
+    start: usize,
     payload: std::ops::Range<usize>,
 }
 
 impl FirstMessage {
     pub fn new(max_bytes: usize) -> FirstMessage {
-        FirstMessage { max_bytes, held: Vec::new(), at: 0, message: None }
+        FirstMessage { max_bytes, held: Vec::new(), at: 0, message: None, control_frames: Vec::new() }
     }
 
     /// Every byte fed so far, for the shell to release (or drop) once the message is read.
@@ -89,8 +97,12 @@ impl FirstMessage {
                 .map(|(byte, mask)| byte ^ mask)
                 .collect();
             match (frame.opcode, self.message.take()) {
-                // Ping and pong before the message are passed over.
-                (0x9 | 0xA, message) => self.message = message,
+                // Ping and pong before the message are passed over, and kept.
+                (0x9 | 0xA, message) => {
+                    self.message = message;
+                    let whole = self.held.get(frame.start..frame.payload.end).unwrap_or_default();
+                    self.control_frames.extend_from_slice(whole);
+                }
                 (0x8, _) => return Err(FrameError::Closed),
                 (0x1 | 0x2, None) => self.message = Some((payload, frame.opcode == 0x1)),
                 (0x0, Some((mut joined, text))) => {
@@ -102,7 +114,8 @@ impl FirstMessage {
             }
             if frame.fin && frame.opcode < 0x8 {
                 if let Some((payload, text)) = self.message.take() {
-                    return Ok(Some(Message { payload, text, end: self.at }));
+                    let control_frames = std::mem::take(&mut self.control_frames);
+                    return Ok(Some(Message { payload, text, end: self.at, control_frames }));
                 }
             }
         }
@@ -110,7 +123,10 @@ impl FirstMessage {
 
     /// The next whole frame in `held`, if it has all arrived.
     fn next_frame(&self) -> Result<Option<Frame>, FrameError> {
-        let bytes = self.held.get(self.at..).unwrap_or_default();
+        // Only the first `max_bytes` are ever read, so that what is decided does not depend on
+        // how the bytes were split: a frame not whole within them is too large once more came.
+        let limit = self.held.len().min(self.max_bytes);
+        let bytes = self.held.get(self.at..limit).unwrap_or_default();
         let (Some(&first), Some(&second)) = (bytes.first(), bytes.get(1)) else { return Ok(None) };
         if first & 0x70 != 0 {
             return Err(FrameError::Reserved);
@@ -145,14 +161,14 @@ impl FirstMessage {
         if end > self.held.len() {
             return Ok(None);
         }
-        Ok(Some(Frame { fin, opcode, mask, payload: start..end }))
+        Ok(Some(Frame { fin, opcode, mask, start: self.at, payload: start..end }))
     }
 }
 
 /// Why a first message carries no credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageError {
-    /// Not a JSON object in UTF-8 text.
+    /// Not a JSON object in a text message, or one with a member name twice.
     NotJson,
     /// The type member is not the configured one: not the auth message.
     NotAuth,
@@ -160,24 +176,48 @@ pub enum MessageError {
     NoToken,
 }
 
-/// The credential in an auth message: the string at `token_pointer` (RFC 6901), once the value at
+/// A JSON Pointer (RFC 6901) to a member of nested objects, split into its member names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pointer(Vec<String>);
+
+impl Pointer {
+    /// `/a/b~1c` (`~1` for `/`, `~0` for `~`); `None` for anything else, the whole document
+    /// (`""`) included.
+    pub fn parse(text: &str) -> Option<Pointer> {
+        let rest = text.strip_prefix('/')?;
+        let names = rest.split('/').map(|name| {
+            let valid = name.split('~').skip(1).all(|after| after.starts_with(['0', '1']));
+            valid.then(|| name.replace("~1", "/").replace("~0", "~"))
+        });
+        names.collect::<Option<Vec<String>>>().map(Pointer)
+    }
+
+    /// The value it points at in `value`.
+    pub fn find<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+        self.0.iter().try_fold(value, |value, name| value.as_object()?.get(name))
+    }
+}
+
+/// The credential in an auth message: the string at `token_pointer`, once the value at
 /// `type_pointer` (when configured) is `type_value`.
 pub fn credential(
     message: &Message,
-    token_pointer: &str,
-    kind: Option<(&str, &str)>,
+    token_pointer: &Pointer,
+    kind: Option<(&Pointer, &str)>,
 ) -> Result<Vec<u8>, MessageError> {
-    let text = std::str::from_utf8(&message.payload).map_err(|_| MessageError::NotJson)?;
-    let value: Value = serde_json::from_str(text).map_err(|_| MessageError::NotJson)?;
-    if !value.is_object() {
+    if !message.text {
         return Err(MessageError::NotJson);
     }
+    // Text messages are UTF-8 (RFC 6455 section 5.6); member names given twice are refused, as
+    // the upstream's parser could read the other one.
+    std::str::from_utf8(&message.payload).map_err(|_| MessageError::NotJson)?;
+    let value = Value::Object(unique_object(&message.payload).ok_or(MessageError::NotJson)?);
     if let Some((type_pointer, type_value)) = kind {
-        if value.pointer(type_pointer).and_then(Value::as_str) != Some(type_value) {
+        if type_pointer.find(&value).and_then(Value::as_str) != Some(type_value) {
             return Err(MessageError::NotAuth);
         }
     }
-    match value.pointer(token_pointer) {
+    match token_pointer.find(&value) {
         Some(Value::String(token)) if !token.is_empty() => Ok(token.as_bytes().to_vec()),
         _ => Err(MessageError::NoToken),
     }
@@ -261,6 +301,9 @@ mod tests {
         let message = read(&bytes, 1024).unwrap().unwrap();
         assert_eq!(message.payload, b"hello");
         assert_eq!(message.end, bytes.len());
+        let mut pings = frame(true, 0x9, b"ping");
+        pings.extend(frame(true, 0xA, b""));
+        assert_eq!(message.control_frames, pings);
     }
 
     #[test]
@@ -273,6 +316,21 @@ mod tests {
             pings.extend(frame(true, 0x9, &[0; 10]));
         }
         assert_eq!(read(&pings, 100), Err(FrameError::TooLarge));
+    }
+
+    #[test]
+    fn a_frame_that_starts_before_max_bytes_and_ends_past_it_is_too_large_however_it_is_split() {
+        let mut bytes = frame(true, 0x9, &[0; 6]);
+        // A 64-bit length with its top bit set, announced across the limit.
+        bytes.extend_from_slice(&[0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1]);
+        let max = 14;
+        assert_eq!(read(&bytes, max), Err(FrameError::TooLarge));
+        let mut reader = FirstMessage::new(max);
+        let outcomes: Vec<_> = bytes.iter().map(|byte| reader.feed(std::slice::from_ref(byte))).collect();
+        assert_eq!(
+            outcomes.into_iter().find(|outcome| *outcome != Ok(None)),
+            Some(Err(FrameError::TooLarge))
+        );
     }
 
     #[test]
@@ -296,27 +354,52 @@ mod tests {
         assert_eq!(read(&huge, 1024), Err(FrameError::BadLength));
     }
 
+    fn p(text: &str) -> Pointer {
+        Pointer::parse(text).unwrap()
+    }
+
+    #[test]
+    fn pointers_name_members_with_their_escapes_and_nothing_else() {
+        let value: Value = serde_json::from_str(r#"{"a/b":{"m~n":"x"},"":{"":"y"},"arr":["z"]}"#).unwrap();
+        assert_eq!(p("/a~1b/m~0n").find(&value), Some(&Value::from("x")));
+        assert_eq!(p("//").find(&value), Some(&Value::from("y")));
+        assert_eq!(p("/arr/0").find(&value), None, "members only, not array elements");
+        for bad in ["", "token", "/a~2", "/a~"] {
+            assert_eq!(Pointer::parse(bad), None, "{bad:?}");
+        }
+    }
+
     fn message(payload: &[u8]) -> Message {
-        Message { payload: payload.to_vec(), text: true, end: 0 }
+        Message { payload: payload.to_vec(), text: true, end: 0, control_frames: Vec::new() }
     }
 
     #[test]
     fn the_credential_is_read_at_its_pointer_once_the_type_matches() {
         let auth = message(br#"{"type":"auth","token":"abc"}"#);
-        assert_eq!(credential(&auth, "/token", Some(("/type", "auth"))), Ok(b"abc".to_vec()));
-        assert_eq!(credential(&auth, "/token", None), Ok(b"abc".to_vec()));
+        assert_eq!(credential(&auth, &p("/token"), Some((&p("/type"), "auth"))), Ok(b"abc".to_vec()));
+        assert_eq!(credential(&auth, &p("/token"), None), Ok(b"abc".to_vec()));
         let nested = message(br#"{"auth":{"jwt":"x.y.z"}}"#);
-        assert_eq!(credential(&nested, "/auth/jwt", None), Ok(b"x.y.z".to_vec()));
+        assert_eq!(credential(&nested, &p("/auth/jwt"), None), Ok(b"x.y.z".to_vec()));
     }
 
     #[test]
     fn a_message_that_is_not_the_auth_message_gives_no_credential() {
         let chat = message(br#"{"type":"chat","token":"abc"}"#);
-        assert_eq!(credential(&chat, "/token", Some(("/type", "auth"))), Err(MessageError::NotAuth));
-        assert_eq!(credential(&message(br#"{"type":"auth"}"#), "/token", None), Err(MessageError::NoToken));
-        assert_eq!(credential(&message(br#"{"token":7}"#), "/token", None), Err(MessageError::NoToken));
-        assert_eq!(credential(&message(b"not json"), "/token", None), Err(MessageError::NotJson));
-        assert_eq!(credential(&message(b"[\"token\"]"), "/0", None), Err(MessageError::NotJson));
-        assert_eq!(credential(&message(b"{\"token\":\"\xff\"}"), "/token", None), Err(MessageError::NotJson));
+        assert_eq!(credential(&chat, &p("/token"), Some((&p("/type"), "auth"))), Err(MessageError::NotAuth));
+        assert_eq!(
+            credential(&message(br#"{"type":"auth"}"#), &p("/token"), None),
+            Err(MessageError::NoToken)
+        );
+        assert_eq!(credential(&message(br#"{"token":7}"#), &p("/token"), None), Err(MessageError::NoToken));
+        assert_eq!(credential(&message(b"not json"), &p("/token"), None), Err(MessageError::NotJson));
+        assert_eq!(credential(&message(b"[\"token\"]"), &p("/0"), None), Err(MessageError::NotJson));
+        assert_eq!(
+            credential(&message(b"{\"token\":\"\xff\"}"), &p("/token"), None),
+            Err(MessageError::NotJson)
+        );
+        let twice = message(br#"{"type":"chat","type":"auth","token":"abc"}"#);
+        assert_eq!(credential(&twice, &p("/token"), Some((&p("/type"), "auth"))), Err(MessageError::NotJson));
+        let binary = Message { text: false, ..message(br#"{"token":"abc"}"#) };
+        assert_eq!(credential(&binary, &p("/token"), None), Err(MessageError::NotJson));
     }
 }

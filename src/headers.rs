@@ -83,6 +83,12 @@ impl Response {
         std::str::from_utf8(&status.1).ok()?.parse().ok()
     }
 
+    /// Whether this answer to an upgrade opens a socket: a 101, or a 2xx to an HTTP/2 extended
+    /// CONNECT.
+    pub fn opens_socket(&self) -> bool {
+        self.status().is_some_and(|status| status == 101 || (200..300).contains(&status))
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }

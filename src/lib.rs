@@ -26,6 +26,7 @@
 pub mod config;
 pub mod csp;
 pub mod error;
+pub mod first_message;
 pub mod frames;
 pub mod headers;
 pub mod origin;

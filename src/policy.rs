@@ -2,8 +2,11 @@
 //! [`Policy::compile`], once per VM; [`Policy::decide`] and [`Policy::respond`] only look things
 //! up.
 
+use std::time::Duration;
+
 use crate::config::{Admission, Config, Mode, PolicyConfig};
 use crate::error::ConfigError;
+use crate::first_message::{Awaiting, Step};
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
@@ -11,7 +14,7 @@ use crate::scope::Selector;
 use crate::sockets::Close;
 use crate::token::jwk::Algorithm;
 use crate::token::remote::{Fetch, FetchOutcome, RemoteJwks};
-use crate::token::Auth;
+use crate::token::{Auth, Checked};
 use crate::verdict::{
     Denial, DenyReason, RequestEdit, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
     INSECURE_TRANSPORT_STATUS, JWKS_UNAVAILABLE_BODY, JWKS_UNAVAILABLE_STATUS, NO_POLICY_BODY,
@@ -49,9 +52,9 @@ pub struct Rules {
     max_connection_seconds: Option<u64>,
 }
 
-/// Which policy applies to a response.
+/// Which policy applies to a request and its response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Applies {
+pub(crate) enum Applies {
     #[default]
     Default,
     Scoped(usize),
@@ -99,8 +102,7 @@ impl ResponsePlan {
     /// When the socket this response opens must close: only an admitted upgrade that the
     /// upstream accepted (101, or a 2xx to an HTTP/2 extended CONNECT) is a socket.
     pub fn close_after(&self, response: &Response) -> Option<Close> {
-        self.close
-            .filter(|_| response.status().is_some_and(|status| status == 101 || (200..300).contains(&status)))
+        self.close.filter(|_| response.opens_socket())
     }
 }
 
@@ -208,13 +210,13 @@ impl Policy {
     /// Decides one request. `now` is the host's clock in seconds since the Unix epoch. An
     /// upgrade that no policy applies to is refused.
     pub fn decide(&self, request: &Request, now: u64) -> Verdict<'_> {
-        self.decide_and_plan(request, || now).0
+        self.decide_and_plan(request, || now.saturating_mul(1000)).0
     }
 
     /// Decides one request and what its response will need, choosing the policy once: what the
-    /// shell calls for every request. `clock` gives the host's time in seconds since the Unix
-    /// epoch; it is read only for a decision that needs it (an upgrade under a policy), since
-    /// asking the host costs a call across the VM boundary.
+    /// shell calls for every request. `clock` gives the host's time in milliseconds since the
+    /// Unix epoch; it is read only for a decision that needs it (an upgrade under a policy),
+    /// since asking the host costs a call across the VM boundary.
     pub fn decide_and_plan(
         &self,
         request: &Request,
@@ -226,7 +228,7 @@ impl Policy {
             (Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default()), None)
         } else {
             match rules {
-                Some(rules) => rules.decide(request, clock()),
+                Some(rules) => rules.decide(request, applies, clock()),
                 None => (Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)), None),
             }
         };
@@ -281,10 +283,52 @@ impl Policy {
             .filter_map(|jwt| Some((jwt.remote()?, jwt.algorithms())))
     }
 
-    /// Whether the shell must keep a timer: some policy fetches a key set or closes admitted
-    /// sockets.
-    pub fn needs_timer(&self) -> bool {
-        self.remote_jwks().next().is_some() || self.all_rules().any(Rules::closes_sockets)
+    /// How often the shell's timer must run, if at all: every second when some policy fetches a
+    /// key set or closes admitted sockets, every 100 ms when some policy times out first
+    /// messages (a timeout is given in milliseconds).
+    pub fn tick_period(&self) -> Option<Duration> {
+        if self.all_rules().any(|rules| rules.auth.as_ref().and_then(Auth::first_message).is_some()) {
+            Some(Duration::from_millis(100))
+        } else if self.remote_jwks().next().is_some() || self.all_rules().any(Rules::closes_sockets) {
+            Some(Duration::from_secs(1))
+        } else {
+            None
+        }
+    }
+
+    /// Reads the next bytes the client sent on a socket that waits for its first message
+    /// (`end_of_stream`: the client will send no more), at `now` (milliseconds since the Unix
+    /// epoch), and says what to do with the bytes held.
+    pub fn read_first_message(
+        &self,
+        awaiting: &mut Awaiting,
+        bytes: &[u8],
+        end_of_stream: bool,
+        now: u64,
+    ) -> Step {
+        let Some(rules) = self.rules(awaiting.applies) else { return Step::Refuse(DenyReason::NoPolicy) };
+        let Some(auth) = rules.auth.as_ref() else { return Step::Refuse(DenyReason::NoPolicy) };
+        let Some(rule) = auth.first_message() else { return Step::Refuse(DenyReason::NoPolicy) };
+        if now >= awaiting.deadline_ms {
+            return Step::Refuse(DenyReason::FirstMessageTimeout);
+        }
+        let message = match awaiting.reader.feed(bytes) {
+            Err(error) => return Step::Refuse(error.into()),
+            Ok(None) if end_of_stream => return Step::Refuse(DenyReason::FirstMessageMissing),
+            Ok(None) => return Step::Hold,
+            Ok(Some(message)) => message,
+        };
+        let verified = rule
+            .credential(&message)
+            .and_then(|credential| auth.verify_first_message(&credential, now / 1000));
+        match verified {
+            Ok(expiry) => {
+                let expiry = expiry.filter(|_| rules.close_on_expiry).map(|at| at.saturating_mul(1000));
+                let close = Close::earliest(expiry, awaiting.max_age.map(|close| close.at));
+                rule.release(message, close)
+            }
+            Err(reason) => Step::Refuse(reason),
+        }
     }
 
     /// The key set fetches due at `now`, each with its index for [`Policy::keys_fetched`].
@@ -340,6 +384,8 @@ impl Rules {
             let problem = format!("{} is not a client or server error status (400-599)", config.deny_status);
             Err(ConfigError::new("deny_status", problem))
         };
+        let first_message =
+            config.auth.as_ref().and_then(|auth| auth.sources.iter().position(|s| s.first_message.is_some()));
         let response_headers = config
             .response_headers
             .as_ref()
@@ -351,6 +397,10 @@ impl Rules {
             Err(ConfigError::new("close_on_expiry", "needs auth.jwt: only a JWT has an expiry"))
         } else if config.max_connection_seconds == Some(0) {
             Err(ConfigError::new("max_connection_seconds", "is 0; give at least 1, or leave it out"))
+        } else if let (Some(index), Mode::Shadow) = (first_message, config.mode) {
+            let problem = "cannot be tried in shadow mode: holding the client's messages would change \
+                           what the upstream sees; use enforce";
+            Err(ConfigError::new(format!("auth.sources[{index}].first_message"), problem))
         } else {
             Ok(())
         };
@@ -384,19 +434,26 @@ impl Rules {
         self.auth.as_ref().map(|auth| auth.unforge(request)).unwrap_or_default()
     }
 
-    /// Decides one upgrade. The transport is checked first (403), then the origin (403), then
-    /// the credential (401).
-    /// And when an admitted socket must close, if this policy closes sockets.
-    fn decide(&self, request: &Request, now: u64) -> (Verdict<'_>, Option<Close>) {
+    /// Decides one upgrade at `now` (milliseconds since the Unix epoch). The transport is
+    /// checked first (403), then the origin (403), then the credential (401). And when an
+    /// admitted socket must close, if this policy closes sockets.
+    fn decide(&self, request: &Request, applies: Applies, now: u64) -> (Verdict<'_>, Option<Close>) {
         let checked =
             self.check_transport(request).and_then(|()| self.check_origin(request)).and_then(|()| {
-                self.auth.as_ref().map_or(Ok((Vec::new(), None)), |auth| auth.check(request, now))
+                let unchecked = Checked::Verified { edits: Vec::new(), expiry: None };
+                self.auth.as_ref().map_or(Ok(unchecked), |auth| auth.check(request, now / 1000))
             });
+        let max_age_at =
+            self.max_connection_seconds.map(|seconds| now.saturating_add(seconds.saturating_mul(1000)));
         match (checked, self.mode) {
-            (Ok((edits, expiry)), Mode::Enforce) => {
-                let expiry = expiry.filter(|_| self.close_on_expiry);
-                let max_age_at = self.max_connection_seconds.map(|seconds| now.saturating_add(seconds));
+            (Ok(Checked::Verified { edits, expiry }), Mode::Enforce) => {
+                let expiry = expiry.filter(|_| self.close_on_expiry).map(|at| at.saturating_mul(1000));
                 (Verdict::Admit(edits), Close::earliest(expiry, max_age_at))
+            }
+            (Ok(Checked::Awaits { edits, rule }), Mode::Enforce) => {
+                let awaiting =
+                    rule.awaiting(request, (applies, &self.name), now, Close::earliest(None, max_age_at));
+                (Verdict::Await { edits, awaiting }, None)
             }
             (Err(reason), Mode::Enforce) => (Verdict::Deny(self.denial(reason)), None),
             // Shadow mode: decided and reported, but nothing is refused, changed or closed.
@@ -490,7 +547,13 @@ impl Rules {
             | DenyReason::TokenBadSignature
             | DenyReason::TokenUnknownKey
             | DenyReason::TokenBadIssuer
-            | DenyReason::TokenBadAudience => Denial {
+            | DenyReason::TokenBadAudience
+            // A first message is refused by closing the socket, never with a reply; these
+            // only go with the reply's form for completeness.
+            | DenyReason::FirstMessageMissing
+            | DenyReason::FirstMessageTimeout
+            | DenyReason::FirstMessageTooLarge
+            | DenyReason::FirstMessageMalformed => Denial {
                 reason,
                 status: self.auth.as_ref().map_or(401, Auth::deny_status),
                 body: UNAUTHORIZED_BODY,
@@ -514,10 +577,10 @@ impl Rules {
         format!(
             "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
              require_tls={}, trust_forwarded_proto={}, {} response headers, auth: {auth}",
-            format!("{:?}", self.mode).to_lowercase(),
+            format!("{:?}", self.mode).to_ascii_lowercase(),
             self.origins.len(),
-            format!("{:?}", self.missing_origin).to_lowercase(),
-            format!("{:?}", self.null_origin).to_lowercase(),
+            format!("{:?}", self.missing_origin).to_ascii_lowercase(),
+            format!("{:?}", self.null_origin).to_ascii_lowercase(),
             self.deny_status,
             self.require_tls,
             self.trust_forwarded_proto,
@@ -540,7 +603,7 @@ fn unruled_denial(reason: DenyReason) -> Denial<'static> {
 /// ever loaded) upgrades are refused with 503 and other requests pass: wsgate fails closed for
 /// what it guards and does not take ordinary traffic down with it.
 pub fn decide<'p>(policy: Option<&'p Policy>, request: &Request, now: u64) -> Verdict<'p> {
-    decide_and_plan(policy, request, || now).0
+    decide_and_plan(policy, request, || now.saturating_mul(1000)).0
 }
 
 /// [`Policy::decide_and_plan`] with whatever policy the VM holds (see [`decide`]).

@@ -1,7 +1,8 @@
 //! Admitted WebSockets that must end: when the JWT that admitted them expires
-//! (`close_on_expiry`) or after `max_connection_seconds`. The core says when each one closes and
-//! which are due; the shell keeps the list on its root context, checks it on a timer and resets
-//! the streams that are due.
+//! (`close_on_expiry`), after `max_connection_seconds`, or when their first message has not
+//! brought a valid credential in time (`first_message.timeout_ms`). The core says when each one
+//! closes and which are due; the shell keeps the list on its root context, checks it on a timer
+//! and resets the streams that are due.
 
 /// Why an admitted socket is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +11,8 @@ pub enum CloseReason {
     Expired,
     /// It has been open `max_connection_seconds`.
     MaxAge,
+    /// Its first message did not bring a credential within `first_message.timeout_ms`.
+    FirstMessageTimeout,
 }
 
 impl CloseReason {
@@ -18,6 +21,7 @@ impl CloseReason {
         match self {
             CloseReason::Expired => "closed_expired",
             CloseReason::MaxAge => "closed_max_age",
+            CloseReason::FirstMessageTimeout => "first_message_timeout",
         }
     }
 }
@@ -25,13 +29,14 @@ impl CloseReason {
 /// When an admitted socket closes, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Close {
-    /// The first second (since the Unix epoch) at which the socket must be closed.
+    /// The first millisecond (since the Unix epoch) at which the socket must be closed.
     pub at: u64,
     pub reason: CloseReason,
 }
 
 impl Close {
-    /// The earlier of a close on the credential's expiry and one on the socket's age.
+    /// The earlier of a close on the credential's expiry and one on the socket's age (each in
+    /// milliseconds since the Unix epoch).
     pub fn earliest(expiry: Option<u64>, max_age_at: Option<u64>) -> Option<Close> {
         let expired = expiry.map(|at| Close { at, reason: CloseReason::Expired });
         let aged = max_age_at.map(|at| Close { at, reason: CloseReason::MaxAge });
@@ -50,16 +55,18 @@ pub struct OpenSockets {
 
 impl OpenSockets {
     pub fn admit(&mut self, stream: u32, close: Close) {
-        self.forget(stream);
+        let _ = self.forget(stream);
         self.open.push((stream, close));
     }
 
-    /// The stream ended by itself.
-    pub fn forget(&mut self, stream: u32) {
+    /// The stream ended by itself, or no longer has a close time. Whether it was listed.
+    pub fn forget(&mut self, stream: u32) -> bool {
+        let before = self.open.len();
         self.open.retain(|(id, _)| *id != stream);
+        self.open.len() != before
     }
 
-    /// The sockets due at `now`, taken off the list.
+    /// The sockets due at `now` (milliseconds since the Unix epoch), taken off the list.
     pub fn due(&mut self, now: u64) -> Vec<(u32, CloseReason)> {
         let due = self
             .open

@@ -36,14 +36,19 @@ pub enum Counter {
     JwksFetchFailed,
     /// Key sets fetched and refused; the last good set stays in use.
     JwksRejected,
-    /// Admitted sockets closed, per reason (`closed_expired`, `closed_max_age`).
-    Closed(CloseReason),
+    /// Admitted sockets closed when their JWT expired.
+    ClosedExpired,
+    /// Admitted sockets closed after `max_connection_seconds`.
+    ClosedMaxAge,
+    /// Handshakes admitted on condition of a credential in the first message; each is later
+    /// counted once more, as `allowed` or `denied.<reason>`.
+    AwaitedFirstMessage,
 }
 
 /// Configurations refused. Not under a `stat_prefix`: a refused configuration has none.
 pub const CONFIG_REJECTIONS: &str = "wsgate.config_rejections";
 
-const FIXED: usize = 11;
+const FIXED: usize = 12;
 const REASONS: usize = DenyReason::ALL.len();
 
 impl Counter {
@@ -59,8 +64,9 @@ impl Counter {
             Counter::JwksUpdated,
             Counter::JwksFetchFailed,
             Counter::JwksRejected,
-            Counter::Closed(CloseReason::Expired),
-            Counter::Closed(CloseReason::MaxAge),
+            Counter::ClosedExpired,
+            Counter::ClosedMaxAge,
+            Counter::AwaitedFirstMessage,
         ]
         .into_iter()
         .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
@@ -79,8 +85,9 @@ impl Counter {
             Counter::JwksUpdated => 6,
             Counter::JwksFetchFailed => 7,
             Counter::JwksRejected => 8,
-            Counter::Closed(CloseReason::Expired) => 9,
-            Counter::Closed(CloseReason::MaxAge) => 10,
+            Counter::ClosedExpired => 9,
+            Counter::ClosedMaxAge => 10,
+            Counter::AwaitedFirstMessage => 11,
             Counter::Denied(reason) => FIXED + reason_index(reason),
             Counter::ShadowDenied(reason) => FIXED + REASONS + reason_index(reason),
         }
@@ -98,7 +105,9 @@ impl Counter {
             Counter::JwksUpdated => "jwks.updated".to_string(),
             Counter::JwksFetchFailed => "jwks.fetch_failed".to_string(),
             Counter::JwksRejected => "jwks.rejected".to_string(),
-            Counter::Closed(reason) => reason.as_str().to_string(),
+            Counter::ClosedExpired => CloseReason::Expired.as_str().to_string(),
+            Counter::ClosedMaxAge => CloseReason::MaxAge.as_str().to_string(),
+            Counter::AwaitedFirstMessage => "first_message.awaited".to_string(),
             Counter::Denied(reason) => format!("denied.{}", reason.as_str()),
             Counter::ShadowDenied(reason) => format!("shadow_denied.{}", reason.as_str()),
         }
@@ -113,11 +122,23 @@ impl Counter {
         }
     }
 
+    /// The counter that the timer's close of a socket moves, if the timer counts it. A socket
+    /// whose first message did not come in time was never admitted: the stream counts it as it
+    /// ends, as `denied.first_message_timeout`, and logs it with its request's details.
+    pub fn for_close(reason: CloseReason) -> Option<Counter> {
+        match reason {
+            CloseReason::Expired => Some(Counter::ClosedExpired),
+            CloseReason::MaxAge => Some(Counter::ClosedMaxAge),
+            CloseReason::FirstMessageTimeout => None,
+        }
+    }
+
     /// The counter that a verdict moves, if any (requests that are not upgrades move none).
     pub fn for_verdict(verdict: &Verdict<'_>) -> Option<Counter> {
         match verdict {
             Verdict::Pass(_) => None,
             Verdict::Admit(_) => Some(Counter::Allowed),
+            Verdict::Await { .. } => Some(Counter::AwaitedFirstMessage),
             Verdict::Deny(denial) => Some(Counter::Denied(denial.reason)),
             Verdict::ShadowAdmit => Some(Counter::ShadowAllowed),
             Verdict::ShadowDeny(denial) => Some(Counter::ShadowDenied(denial.reason)),
@@ -146,6 +167,10 @@ fn reason_index(reason: DenyReason) -> usize {
         DenyReason::NoPolicy => 15,
         DenyReason::NoPolicyMatched => 16,
         DenyReason::JwksUnavailable => 17,
+        DenyReason::FirstMessageMissing => 18,
+        DenyReason::FirstMessageTimeout => 19,
+        DenyReason::FirstMessageTooLarge => 20,
+        DenyReason::FirstMessageMalformed => 21,
     }
 }
 

@@ -1,5 +1,6 @@
 //! What the core decided, and why. Each reason has one log word and one reply, defined here.
 
+use crate::first_message::Awaiting;
 use crate::request::Request;
 
 /// The outcome of [`crate::decide`] for one request.
@@ -11,6 +12,11 @@ pub enum Verdict<'p> {
     /// An upgrade the policy admits: it goes on to the upstream after these edits (the
     /// credential removed, the verified identity added).
     Admit(Vec<RequestEdit<'p>>),
+    /// An upgrade the policy admits on condition: it carries no credential, and one must come in
+    /// the client's first message. The handshake goes on after these edits (forged identity
+    /// headers and the extension offer removed); the client's bytes are then held and read
+    /// with `awaiting`.
+    Await { edits: Vec<RequestEdit<'p>>, awaiting: Awaiting },
     /// An upgrade the policy refuses: answered locally, the upstream never sees it.
     Deny(Denial<'p>),
     /// A shadow-mode policy would admit this upgrade; it goes on unchanged.
@@ -98,6 +104,16 @@ pub enum DenyReason {
     TokenBadAudience,
     /// No key set has been fetched yet (`remote_jwks`) and no inline key fits the JWT.
     JwksUnavailable,
+    /// The client's first message is not the auth message (`type_value`), or the client closed
+    /// before sending one.
+    FirstMessageMissing,
+    /// No first message with a credential within `first_message.timeout_ms`.
+    FirstMessageTimeout,
+    /// More than `first_message.max_bytes` before the first message was complete.
+    FirstMessageTooLarge,
+    /// The client's frames break RFC 6455 or use an extension, or the message is not a JSON
+    /// object in text.
+    FirstMessageMalformed,
     /// wsgate holds no valid configuration: upgrades are refused, never passed.
     NoPolicy,
     /// No policy applies to the request (none matches and there is no `default`).
@@ -134,7 +150,7 @@ const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
     /// Every reason, in a fixed order (stat names are made from it).
-    pub const ALL: [DenyReason; 18] = [
+    pub const ALL: [DenyReason; 22] = [
         DenyReason::OriginNotAllowed,
         DenyReason::OriginMissing,
         DenyReason::OriginNull,
@@ -153,6 +169,10 @@ impl DenyReason {
         DenyReason::NoPolicy,
         DenyReason::NoPolicyMatched,
         DenyReason::JwksUnavailable,
+        DenyReason::FirstMessageMissing,
+        DenyReason::FirstMessageTimeout,
+        DenyReason::FirstMessageTooLarge,
+        DenyReason::FirstMessageMalformed,
     ];
 
     /// The word for this reason in logs (and, later, in stat names).
@@ -176,6 +196,10 @@ impl DenyReason {
             DenyReason::NoPolicy => "no_policy",
             DenyReason::NoPolicyMatched => "no_policy_matched",
             DenyReason::JwksUnavailable => "jwks_unavailable",
+            DenyReason::FirstMessageMissing => "first_message_missing",
+            DenyReason::FirstMessageTimeout => "first_message_timeout",
+            DenyReason::FirstMessageTooLarge => "first_message_too_large",
+            DenyReason::FirstMessageMalformed => "first_message_malformed",
         }
     }
 }
@@ -189,31 +213,39 @@ impl Denial<'_> {
     }
 
     /// One log line for this denial, in `key=value` form: the reason, the status, the policy
-    /// that decided, and the request's host, origin, path without its query string (where
-    /// credentials travel) and `x-request-id`. Request values are escaped and cut short, so a
-    /// hostile header cannot forge or flood log lines. No credential is ever part of it.
+    /// that decided, and the request's details ([`request_fields`]).
     fn describe(&self, what: &str, request: &Request) -> String {
-        let quoted = |name: &str| {
-            let values: Vec<String> = request.values(name).map(excerpt).collect();
-            if values.is_empty() {
-                "-".to_string()
-            } else {
-                values.join("\",\"")
-            }
-        };
-        let path = request.path();
-        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
         format!(
-            "{what}: reason={} status={} policy={} host=\"{}\" origin=\"{}\" path=\"{}\" request_id=\"{}\"",
+            "{what}: reason={} status={} policy={} {}",
             self.reason.as_str(),
             self.status,
             self.policy,
-            quoted(":authority"),
-            quoted("origin"),
-            excerpt(path),
-            quoted("x-request-id"),
+            request_fields(request)
         )
     }
+}
+
+/// The request's host, origin, path without its query string (where credentials travel) and
+/// `x-request-id`, for a log line. Request values are escaped and cut short, so a hostile header
+/// cannot forge or flood log lines. No credential is ever part of it.
+pub fn request_fields(request: &Request) -> String {
+    let quoted = |name: &str| {
+        let values: Vec<String> = request.values(name).map(excerpt).collect();
+        if values.is_empty() {
+            "-".to_string()
+        } else {
+            values.join("\",\"")
+        }
+    };
+    let path = request.path();
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    format!(
+        "host=\"{}\" origin=\"{}\" path=\"{}\" request_id=\"{}\"",
+        quoted(":authority"),
+        quoted("origin"),
+        excerpt(path),
+        quoted("x-request-id"),
+    )
 }
 
 impl Verdict<'_> {
@@ -222,7 +254,7 @@ impl Verdict<'_> {
         match self {
             Verdict::Deny(denial) => Some(denial.describe("denied upgrade", request)),
             Verdict::ShadowDeny(denial) => Some(denial.describe("shadow mode, would deny upgrade", request)),
-            Verdict::Pass(_) | Verdict::Admit(_) | Verdict::ShadowAdmit => None,
+            Verdict::Pass(_) | Verdict::Admit(_) | Verdict::Await { .. } | Verdict::ShadowAdmit => None,
         }
     }
 }

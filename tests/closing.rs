@@ -59,27 +59,32 @@ fn status(code: &str) -> Response {
     Response::new(vec![(":status".to_string(), code.as_bytes().to_vec())])
 }
 
+/// A time in seconds since the Unix epoch, in milliseconds (what a close is given in).
+fn ms(seconds: u64) -> u64 {
+    seconds * 1000
+}
+
 /// When the socket that `request` opens (answered with `answer`) must close.
 fn close(policy: &Policy, request: &Request, answer: &str) -> Option<Close> {
-    let (_, plan) = policy.decide_and_plan(request, || NOW);
+    let (_, plan) = policy.decide_and_plan(request, || NOW * 1000);
     plan.close_after(&status(answer))
 }
 
 #[test]
 fn with_close_on_expiry_a_socket_closes_when_its_token_expires_plus_leeway() {
     let policy = policy(json!({"close_on_expiry": true}));
-    let expected = Close { at: NOW + 600 + LEEWAY, reason: CloseReason::Expired };
+    let expected = Close { at: ms(NOW + 600 + LEEWAY), reason: CloseReason::Expired };
     assert_eq!(close(&policy, &handshake(&token(NOW + 600)), "101"), Some(expected));
 }
 
 #[test]
 fn max_connection_seconds_counts_from_the_handshake_and_the_earlier_close_wins() {
-    let aged = Close { at: NOW + 60, reason: CloseReason::MaxAge };
+    let aged = Close { at: ms(NOW + 60), reason: CloseReason::MaxAge };
     let policy_max = policy(json!({"max_connection_seconds": 60}));
     assert_eq!(close(&policy_max, &handshake(&token(NOW + 600)), "101"), Some(aged));
     let both = policy(json!({"close_on_expiry": true, "max_connection_seconds": 60}));
     assert_eq!(close(&both, &handshake(&token(NOW + 600)), "101"), Some(aged));
-    let expired = Close { at: NOW + 30 + LEEWAY, reason: CloseReason::Expired };
+    let expired = Close { at: ms(NOW + 30 + LEEWAY), reason: CloseReason::Expired };
     assert_eq!(close(&both, &handshake(&token(NOW + 30)), "101"), Some(expired));
 }
 
@@ -88,7 +93,7 @@ fn a_socket_admitted_by_an_api_key_closes_only_by_age() {
     let policy = policy(json!({"close_on_expiry": true, "max_connection_seconds": 60}));
     assert_eq!(
         close(&policy, &handshake("k-7f3a9c"), "101"),
-        Some(Close { at: NOW + 60, reason: CloseReason::MaxAge })
+        Some(Close { at: ms(NOW + 60), reason: CloseReason::MaxAge })
     );
 }
 

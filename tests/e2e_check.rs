@@ -104,3 +104,28 @@ fn the_checker_accepts_a_valid_configuration_and_says_what_it_compiled_to() {
     assert!(stdout.contains("policy default (mode=enforce"), "{stdout}");
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn the_checker_says_when_a_handshake_waits_for_its_first_message() {
+    let waiting = r#"{
+      "allowed_origins": ["https://app.example.com"],
+      "auth": {"sources": [{"query": "access_token"}, {"first_message": {"token_pointer": "/token", "timeout_ms": 3000}}],
+               "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]}
+    }"#;
+    let config = write_temp("waiting.json", waiting);
+    let path = config.to_str().unwrap();
+    let (code, stdout) =
+        check(&[path, "--url", "wss://app.example.com/ws", "--origin", "https://app.example.com"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("verdict: admit once the first message verifies"), "{stdout}");
+    assert!(stdout.contains("first message: within 3000 ms, else the socket is closed"), "{stdout}");
+    let (_, stdout) = check(&[
+        path,
+        "--url",
+        "wss://app.example.com/ws?access_token=k-7f3a9c",
+        "--origin",
+        "https://app.example.com",
+    ]);
+    assert!(stdout.contains("verdict: admit\n"), "{stdout}");
+    let _ = std::fs::remove_file(config);
+}

@@ -8,9 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64ct::Encoding;
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,11 +47,7 @@ fn config(settings: serde_json::Value) -> String {
 }
 
 fn token(exp: u64) -> String {
-    let secret = base64ct::Base64UrlUnpadded::decode_vec(&support::hmac_secret()).unwrap();
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("hmac-env".to_string());
-    let claims = json!({"iss": "https://issuer.example", "aud": "chat", "sub": "u", "exp": exp});
-    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&secret)).unwrap()
+    support::hs256_token(json!({"iss": "https://issuer.example", "aud": "chat", "sub": "u", "exp": exp}))
 }
 
 async fn open(gate: &Gate, exp: u64) -> WebSocket {

@@ -47,7 +47,11 @@ fn handshake(origin: Option<&[u8]>) -> Request {
 fn reason(verdict: &Verdict<'_>) -> Option<DenyReason> {
     match verdict {
         Verdict::Deny(denial) => Some(denial.reason),
-        Verdict::Pass(_) | Verdict::Admit(_) | Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => None,
+        Verdict::Pass(_)
+        | Verdict::Admit(_)
+        | Verdict::Await { .. }
+        | Verdict::ShadowAdmit
+        | Verdict::ShadowDeny(_) => None,
     }
 }
 

@@ -6,11 +6,14 @@
 //! because Envoy forwards an HTTP/2 extended CONNECT (RFC 8441) as an HTTP/1.1 upgrade that has
 //! none.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -40,27 +43,59 @@ impl SeenRequest {
     }
 }
 
+/// What a client sent on one WebSocket after the handshake, as it reached the upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenSocket {
+    /// How many bytes arrived after the handshake, whatever they were.
+    pub bytes: usize,
+    /// The data messages, in order (binary ones as lossy UTF-8).
+    pub messages: Vec<String>,
+}
+
 /// What the server has seen so far, shared with whoever started it.
 #[derive(Clone)]
 pub struct Recorder {
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    sockets: Arc<Mutex<Vec<SeenSocket>>>,
     keep: bool,
 }
 
 impl Default for Recorder {
     fn default() -> Recorder {
-        Recorder { seen: Arc::default(), keep: true }
+        Recorder { seen: Arc::default(), sockets: Arc::default(), keep: true }
     }
 }
 
 impl Recorder {
     /// A recorder that keeps nothing: for load, where a record of every request would only grow.
     pub fn discarding() -> Recorder {
-        Recorder { seen: Arc::default(), keep: false }
+        Recorder { keep: false, ..Recorder::default() }
     }
 
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().map(|seen| seen.clone()).unwrap_or_default()
+    }
+
+    /// Every WebSocket opened so far, in the order they opened.
+    pub fn sockets(&self) -> Vec<SeenSocket> {
+        self.sockets.lock().map(|sockets| sockets.clone()).unwrap_or_default()
+    }
+
+    /// Starts the record of a new socket; its index.
+    fn open_socket(&self) -> usize {
+        let Ok(mut sockets) = self.sockets.lock() else { return usize::MAX };
+        if self.keep {
+            sockets.push(SeenSocket::default());
+        }
+        sockets.len().wrapping_sub(1)
+    }
+
+    fn on_socket(&self, index: usize, change: impl FnOnce(&mut SeenSocket)) {
+        if let Ok(mut sockets) = self.sockets.lock() {
+            if let Some(socket) = sockets.get_mut(index) {
+                change(socket);
+            }
+        }
     }
 
     fn record(&self, request: SeenRequest) {
@@ -113,7 +148,7 @@ async fn handle(mut stream: TcpStream, recorder: Recorder, verbose: bool) -> Res
         }
         recorder.record(request.clone());
         if request.is_upgrade() {
-            return echo_websocket(stream, &request, rest).await;
+            return echo_websocket(stream, &request, rest, recorder).await;
         }
         stream.write_all(ordinary_reply(&request).as_bytes()).await?;
     }
@@ -140,7 +175,12 @@ fn ordinary_reply(request: &SeenRequest) -> String {
     format!("{head}content-type: text/plain\r\ncontent-length: {}\r\n\r\n{shown}", body.len())
 }
 
-async fn echo_websocket(mut stream: TcpStream, request: &SeenRequest, rest: Vec<u8>) -> Result<(), BoxError> {
+async fn echo_websocket(
+    mut stream: TcpStream,
+    request: &SeenRequest,
+    rest: Vec<u8>,
+    recorder: Recorder,
+) -> Result<(), BoxError> {
     let mut reply =
         String::from("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n");
     if let Some(key) = request.header_values("sec-websocket-key").first() {
@@ -153,16 +193,58 @@ async fn echo_websocket(mut stream: TcpStream, request: &SeenRequest, rest: Vec<
     }
     reply.push_str("\r\n");
     stream.write_all(reply.as_bytes()).await?;
-    let mut socket = WebSocketStream::from_partially_read(stream, rest, Role::Server, None).await;
+    let index = recorder.open_socket();
+    recorder.on_socket(index, |seen| seen.bytes += rest.len());
+    let counting = Counting { stream, recorder: recorder.clone(), index };
+    let mut socket = WebSocketStream::from_partially_read(counting, rest, Role::Server, None).await;
     while let Some(message) = socket.next().await {
         let message = message?;
         if message.is_text() || message.is_binary() {
+            let text = String::from_utf8_lossy(&message.clone().into_data()).into_owned();
+            recorder.on_socket(index, |seen| seen.messages.push(text));
             socket.send(message).await?;
         } else if message.is_close() {
             break;
         }
     }
     Ok(())
+}
+
+/// A socket's stream that counts the bytes read from it into the recorder.
+struct Counting {
+    stream: TcpStream,
+    recorder: Recorder,
+    index: usize,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.recorder.on_socket(self.index, |seen| seen.bytes += read);
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Reads up to the end of a request head; returns the head and any bytes read past it.

@@ -134,22 +134,13 @@ fn decide(policy: &Policy, handshake: &Handshake) -> Result<(), String> {
     match policy.decide(&request, now) {
         Verdict::Admit(edits) => {
             println!("verdict: admit\npolicy: {decided_by}");
-            for edit in edits {
-                match edit {
-                    RequestEdit::Set(name, value) => {
-                        println!("upstream gets: {name}: {}", String::from_utf8_lossy(&value))
-                    }
-                    RequestEdit::Remove(name) => println!("upstream gets: no {name}"),
-                    RequestEdit::Lines(name, lines) if lines.is_empty() => {
-                        println!("upstream gets: no {name}")
-                    }
-                    RequestEdit::Lines(name, lines) => {
-                        for line in lines {
-                            println!("upstream gets: {name}: {}", String::from_utf8_lossy(&line));
-                        }
-                    }
-                }
-            }
+            print_edits(edits);
+        }
+        Verdict::Await { edits, awaiting } => {
+            println!("verdict: admit once the first message verifies\npolicy: {decided_by}");
+            let wait = awaiting.deadline_ms.saturating_sub(now.saturating_mul(1000));
+            println!("first message: within {wait} ms, else the socket is closed");
+            print_edits(edits);
         }
         Verdict::Deny(denial) => println!(
             "verdict: deny\nreason: {}\nstatus: {}\npolicy: {}",
@@ -167,4 +158,22 @@ fn decide(policy: &Policy, handshake: &Handshake) -> Result<(), String> {
         Verdict::Pass(_) => println!("verdict: pass (not an upgrade)"),
     }
     Ok(())
+}
+
+/// What the upstream gets instead of what the client sent.
+fn print_edits(edits: Vec<RequestEdit<'_>>) {
+    for edit in edits {
+        match edit {
+            RequestEdit::Set(name, value) => {
+                println!("upstream gets: {name}: {}", String::from_utf8_lossy(&value))
+            }
+            RequestEdit::Remove(name) => println!("upstream gets: no {name}"),
+            RequestEdit::Lines(name, lines) if lines.is_empty() => println!("upstream gets: no {name}"),
+            RequestEdit::Lines(name, lines) => {
+                for line in lines {
+                    println!("upstream gets: {name}: {}", String::from_utf8_lossy(&line));
+                }
+            }
+        }
+    }
 }

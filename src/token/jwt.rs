@@ -290,9 +290,12 @@ fn decode(segment: &[u8]) -> Result<Vec<u8>, DenyReason> {
 /// A segment that decodes to a JSON object. Duplicate member names are refused: two parsers
 /// could pick different ones (RFC 7515 section 5.2, step 4).
 fn decode_object(segment: &[u8]) -> Result<Map<String, Value>, DenyReason> {
-    let bytes = decode(segment)?;
-    let object: UniqueObject = serde_json::from_slice(&bytes).map_err(|_| DenyReason::TokenMalformed)?;
-    Ok(object.0)
+    unique_object(&decode(segment)?).ok_or(DenyReason::TokenMalformed)
+}
+
+/// A JSON object whose top-level member names are all different, from UTF-8 bytes.
+pub(crate) fn unique_object(bytes: &[u8]) -> Option<Map<String, Value>> {
+    serde_json::from_slice::<UniqueObject>(bytes).ok().map(|object| object.0)
 }
 
 /// A JSON number as a NumericDate, if the claim is present.

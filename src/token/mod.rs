@@ -12,6 +12,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::{AuthConfig, SourceConfig};
 use crate::error::ConfigError;
+use crate::first_message::FirstMessageRule;
 use crate::headers::is_tchar;
 use crate::request::Request;
 use crate::verdict::{DenyReason, RequestEdit};
@@ -23,6 +24,8 @@ use source::{Lookup, Source};
 #[derive(Clone, Debug)]
 pub struct Auth {
     sources: Vec<Source>,
+    /// The credential in the client's first message, when no source above holds one.
+    first_message: Option<FirstMessageRule>,
     jwt: Option<JwtVerifier>,
     /// Verified JWTs, by the SHA-256 of the token.
     cache: CredentialCache,
@@ -49,8 +52,18 @@ impl Auth {
             return Err(ConfigError::new("auth.sources", "is empty; name where the credential travels"));
         }
         let mut sources: Vec<Source> = Vec::new();
+        let mut first_message = None;
         for (index, source) in config.sources.iter().enumerate() {
             let field = format!("auth.sources[{index}]");
+            if first_message.is_some() {
+                let problem = "follows first_message, which must be the last source: the handshake has \
+                               gone on before the first message arrives";
+                return Err(ConfigError::new(field, problem));
+            }
+            if let (Some(rule), 1) = (&source.first_message, source.kinds()) {
+                first_message = Some(FirstMessageRule::compile(rule, &format!("{field}.first_message"))?);
+                continue;
+            }
             let compiled = compile_source(source, &field)?;
             if sources.contains(&compiled) {
                 return Err(ConfigError::new(field, "is listed twice"));
@@ -105,6 +118,7 @@ impl Auth {
             CredentialCache::new(if jwt.is_some() { cache.max_entries } else { 0 }, cache.ttl_seconds);
         Ok(Auth {
             sources,
+            first_message,
             jwt,
             cache,
             api_keys,
@@ -117,9 +131,11 @@ impl Auth {
     /// What is verified, for the configuration summary: `api_keys=2 jwt=RS256,ES256`.
     pub fn summary(&self) -> String {
         let jwt = self.jwt.as_ref().map(JwtVerifier::summary).unwrap_or_else(|| "none".to_string());
+        let first_message = self.first_message.as_ref().map(|rule| format!(" {}", rule.summary()));
         format!(
-            "sources={} api_keys={} jwt={jwt} strip={}",
+            "sources={}{} api_keys={} jwt={jwt} strip={}",
             self.sources.len(),
+            first_message.unwrap_or_default(),
             self.api_keys.len(),
             self.strip
         )
@@ -139,15 +155,16 @@ impl Auth {
         self.deny_status
     }
 
+    /// The first-message source, if configured.
+    pub fn first_message(&self) -> Option<&FirstMessageRule> {
+        self.first_message.as_ref()
+    }
+
     /// Checks the request's credential at `now` (seconds since the Unix epoch). On success, the
     /// edits that remove any identity header the client sent, remove the credential (with
     /// `strip`) and forward the verified identity; and, for a JWT with `exp`, the first second
     /// at which it is expired (leeway included).
-    pub fn check(
-        &self,
-        request: &Request,
-        now: u64,
-    ) -> Result<(Vec<RequestEdit<'_>>, Option<u64>), DenyReason> {
+    pub fn check(&self, request: &Request, now: u64) -> Result<Checked<'_>, DenyReason> {
         // The source present carries the credential; one that is present but invalid is
         // refused, never rescued by another source.
         let mut present =
@@ -157,6 +174,16 @@ impl Auth {
         // the upstream could read the copy that wsgate did not verify.
         if present.next().is_some() {
             return Err(DenyReason::TokenDuplicated);
+        }
+        if let (None, Some(rule)) = (&found, &self.first_message) {
+            // The credential is to come in the first message. The extension offer goes: a
+            // compressed first message could not be read, nor cut out of the stream (README,
+            // "Credentials in the first message").
+            let mut edits = self.unforge(request);
+            if request.values("sec-websocket-extensions").next().is_some() {
+                edits.push(RequestEdit::Remove("sec-websocket-extensions"));
+            }
+            return Ok(Checked::Awaits { edits, rule });
         }
         let (credential, strip) = match found {
             None | Some(Lookup::Absent) => return Err(DenyReason::TokenMissing),
@@ -170,7 +197,13 @@ impl Auth {
             edits.push(strip);
         }
         edits.extend(identity.into_iter().map(|(header, value)| RequestEdit::Set(header, value)));
-        Ok((edits, expiry))
+        Ok(Checked::Verified { edits, expiry })
+    }
+
+    /// Verifies a credential from the first message at `now` (seconds); returns a JWT's expiry.
+    /// The identity is not forwarded: the handshake went on before the message arrived.
+    pub fn verify_first_message(&self, credential: &[u8], now: u64) -> Result<Option<u64>, DenyReason> {
+        self.verify(credential, now).map(|(_, expiry)| expiry)
     }
 
     /// Removes every identity header wsgate sets (`key_id_header`, `claims_to_headers`) that
@@ -232,10 +265,30 @@ impl Auth {
     }
 }
 
+/// What [`Auth::check`] found.
+#[derive(Debug)]
+pub enum Checked<'a> {
+    /// A credential that verified: the edits for the handshake, and a JWT's expiry (seconds).
+    Verified { edits: Vec<RequestEdit<'a>>, expiry: Option<u64> },
+    /// No credential in the handshake; it is to come in the first message.
+    Awaits { edits: Vec<RequestEdit<'a>>, rule: &'a FirstMessageRule },
+}
+
+impl SourceConfig {
+    /// How many kinds of source this entry names (exactly one is valid).
+    fn kinds(&self) -> usize {
+        [self.query.is_some(), self.cookie.is_some(), self.header.is_some(), self.subprotocol.is_some()]
+            .into_iter()
+            .chain([self.first_message.is_some()])
+            .filter(|&named| named)
+            .count()
+    }
+}
+
 fn compile_source(source: &SourceConfig, field: &str) -> Result<Source, ConfigError> {
-    let kinds = [&source.query, &source.cookie, &source.header, &source.subprotocol];
-    if kinds.iter().filter(|kind| kind.is_some()).count() != 1 {
-        let problem = "needs exactly one of \"query\", \"cookie\", \"header\", \"subprotocol\"";
+    if source.kinds() != 1 {
+        let problem =
+            "needs exactly one of \"query\", \"cookie\", \"header\", \"subprotocol\", \"first_message\"";
         return Err(ConfigError::new(field, problem));
     }
     if source.prefix.is_some() && source.header.is_none() {

@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+pub use super::common::client_frame;
+
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type WebSocket = WebSocketStream<TcpStream>;
@@ -260,11 +262,7 @@ pub async fn h2_request_headers(
 pub async fn h2_echo(stream: &mut (SendStream<Bytes>, RecvStream), text: &str) -> String {
     let (send, recv) = stream;
     assert!(text.len() < 126, "one short frame only");
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x81, 0x80 | text.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    send.send_data(Bytes::from(frame), false).unwrap();
+    send.send_data(Bytes::from(client_frame(true, 0x1, text.as_bytes())), false).unwrap();
     let mut received = Vec::new();
     while received.len() < 2 || received.len() < 2 + (received[1] & 0x7f) as usize {
         let data = tokio::time::timeout(TIMEOUT, recv.data()).await.expect("no echo in time");

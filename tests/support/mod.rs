@@ -5,6 +5,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 pub mod client;
+#[path = "../common/mod.rs"]
+pub mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -135,6 +137,16 @@ pub fn listener_yaml(name: &str, port: u16, plugin_json: &str, tls: Option<&TlsF
 /// The test HMAC secret (base64url), which every test VM finds in `WSGATE_TEST_HS_SECRET`.
 pub fn hmac_secret() -> String {
     std::fs::read_to_string(repo().join("tests/keys/hmac.secret")).unwrap().trim().to_string()
+}
+
+/// A JWT signed with HS256 by the test secret (`kid` `hmac-env`, which the configs read from
+/// `WSGATE_TEST_HS_SECRET`).
+pub fn hs256_token(claims: serde_json::Value) -> String {
+    use base64ct::Encoding;
+    let secret = base64ct::Base64UrlUnpadded::decode_vec(&hmac_secret()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hmac-env".to_string());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(&secret)).unwrap()
 }
 
 /// A whole bootstrap: the given listeners, an `upstream` cluster at `upstream`, an admin port.
