@@ -242,6 +242,32 @@ async fn a_message_begun_but_never_finished_is_closed_at_the_timeout() {
 }
 
 #[tokio::test]
+async fn with_close_on_expiry_the_first_message_tokens_expiry_closes_the_socket() {
+    let mut config: serde_json::Value = serde_json::from_str(&config(json!({}))).unwrap();
+    config["close_on_expiry"] = json!(true);
+    config["auth"]["jwt"]["leeway_seconds"] = json!(0);
+    let gate = Gate::start(&[&config.to_string()]).await;
+    let mut socket = open(&gate).await;
+    // The token expires at the start of a second 2 to 3 s from now.
+    let exp = now() + 3;
+    let claims = json!({"iss": "https://issuer.example", "aud": "chat", "sub": "u", "exp": exp});
+    socket.send(Message::text(auth_message(&support::hs256_token(claims)))).await.unwrap();
+    assert_eq!(ws_echo(&mut socket, "one").await, "one");
+    let until_expiry = Duration::from_secs(exp) - SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    // The 100 ms timer and Envoy's 1 s delayed close, with room for a loaded machine.
+    let bound = until_expiry + Duration::from_millis(2500);
+    let closed = closed_within(&mut socket, bound + Duration::from_secs(2))
+        .await
+        .expect("the socket outlived its token");
+    assert!(
+        closed + Duration::from_millis(300) >= until_expiry,
+        "closed {closed:?}, {until_expiry:?} before expiry"
+    );
+    assert!(closed <= bound, "closed {closed:?} after the auth message, expiry was {until_expiry:?}");
+    assert_eq!(stat(&gate, "closed_expired"), Some(1));
+}
+
+#[tokio::test]
 async fn a_credential_in_the_handshake_admits_the_socket_without_waiting() {
     let gate = start(json!({})).await;
     let path = format!("/ws?access_token={}", token());
