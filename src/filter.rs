@@ -225,6 +225,7 @@ impl Context for Stream {
 }
 
 impl Stream {
+    /// Puts the socket on the root's list to close at `close`, or takes it off.
     fn set_close(&self, close: Option<Close>) {
         if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
             match close {
@@ -358,9 +359,7 @@ impl HttpContext for Stream {
             self.set_close(None);
         }
         if let Some(close) = self.plan.close_after(&response) {
-            if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
-                sockets.admit(self.id, close);
-            }
+            self.set_close(Some(close));
         }
         let edits = respond(self.policy.as_deref(), self.plan, &response);
         if !edits.is_empty() {

@@ -71,13 +71,13 @@ impl FirstMessageRule {
         request: &Request,
         (applies, policy): (Applies, &str),
         now_ms: u64,
-        max_age: Option<Close>,
+        max_age_at: Option<u64>,
     ) -> Awaiting {
         Awaiting {
             applies,
             reader: FirstMessage::new(self.max_bytes),
             deadline_ms: now_ms.saturating_add(self.timeout_ms),
-            max_age,
+            max_age_at,
             context: format!("policy={policy} {}", request_fields(request)),
         }
     }
@@ -125,8 +125,9 @@ pub struct Awaiting {
     /// When the socket is closed if the message has not verified (milliseconds since the Unix
     /// epoch).
     pub deadline_ms: u64,
-    /// The close that `max_connection_seconds` set at the handshake, if any.
-    pub(crate) max_age: Option<Close>,
+    /// When `max_connection_seconds` closes the socket, counted from the handshake
+    /// (milliseconds since the Unix epoch).
+    pub(crate) max_age_at: Option<u64>,
     /// The policy and the request's details, for the log line if the socket is refused.
     context: String,
 }

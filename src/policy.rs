@@ -323,9 +323,7 @@ impl Policy {
             .and_then(|credential| auth.verify_first_message(&credential, now / 1000));
         match verified {
             Ok(expiry) => {
-                let expiry = expiry.filter(|_| rules.close_on_expiry).map(|at| at.saturating_mul(1000));
-                let close = Close::earliest(expiry, awaiting.max_age.map(|close| close.at));
-                rule.release(message, close)
+                rule.release(message, Close::earliest(rules.expiry_close(expiry), awaiting.max_age_at))
             }
             Err(reason) => Step::Refuse(reason),
         }
@@ -447,12 +445,10 @@ impl Rules {
             self.max_connection_seconds.map(|seconds| now.saturating_add(seconds.saturating_mul(1000)));
         match (checked, self.mode) {
             (Ok(Checked::Verified { edits, expiry }), Mode::Enforce) => {
-                let expiry = expiry.filter(|_| self.close_on_expiry).map(|at| at.saturating_mul(1000));
-                (Verdict::Admit(edits), Close::earliest(expiry, max_age_at))
+                (Verdict::Admit(edits), Close::earliest(self.expiry_close(expiry), max_age_at))
             }
             (Ok(Checked::Awaits { edits, rule }), Mode::Enforce) => {
-                let awaiting =
-                    rule.awaiting(request, (applies, &self.name), now, Close::earliest(None, max_age_at));
+                let awaiting = rule.awaiting(request, (applies, &self.name), now, max_age_at);
                 (Verdict::Await { edits, awaiting }, None)
             }
             (Err(reason), Mode::Enforce) => (Verdict::Deny(self.denial(reason)), None),
@@ -460,6 +456,12 @@ impl Rules {
             (Ok(_), Mode::Shadow) => (Verdict::ShadowAdmit, None),
             (Err(reason), Mode::Shadow) => (Verdict::ShadowDeny(self.denial(reason)), None),
         }
+    }
+
+    /// When a socket admitted with a credential that expires at `expiry` (seconds since the
+    /// Unix epoch) must close for it, in milliseconds: only with `close_on_expiry`.
+    fn expiry_close(&self, expiry: Option<u64>) -> Option<u64> {
+        expiry.filter(|_| self.close_on_expiry).map(|at| at.saturating_mul(1000))
     }
 
     fn closes_sockets(&self) -> bool {
