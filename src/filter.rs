@@ -249,11 +249,45 @@ impl Stream {
         match edit {
             RequestEdit::Set(name, value) => self.set_http_request_header_bytes(name, Some(&value)),
             RequestEdit::Remove(name) => self.set_http_request_header_bytes(name, None),
+            RequestEdit::RemoveForged(name) => self.set_http_request_header_bytes(&name, None),
             RequestEdit::Lines(name, lines) => {
                 self.set_http_request_header_bytes(name, None);
                 for line in lines {
                     self.add_http_request_header_bytes(name, &line);
                 }
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Feeds the client's next bytes (`end_of_stream`: it will send no more) to the core and
+    /// carries out what it says.
+    fn read_first_message(&mut self, bytes: &[u8], end_of_stream: bool) -> Action {
+        let (Some(mut awaiting), Some(policy)) = (self.awaiting.take(), self.policy.clone()) else {
+            return Action::Continue;
+        };
+        let now = milliseconds(self.get_current_time());
+        match policy.read_first_message(&mut awaiting, bytes, end_of_stream, now) {
+            Step::Hold => {
+                self.awaiting = Some(awaiting);
+                // Pause on a body is StopIterationAndBuffer, on trailers StopIteration: Envoy
+                // keeps the bytes.
+                Action::Pause
+            }
+            Step::Release { cut, keep, close } => {
+                if cut > 0 {
+                    // Replaces the first `cut` bytes held (the auth message) with `keep`.
+                    self.set_http_request_body(0, cut, &keep);
+                }
+                self.set_close(close);
+                self.counters.add(Counter::Allowed, 1);
+                Action::Continue
+            }
+            Step::Refuse(reason) => {
+                self.refuse(&awaiting, reason);
+                let _ = hostcalls::reset_http_request();
+                Action::Pause
             }
         }
     }
@@ -283,8 +317,10 @@ impl HttpContext for Stream {
             self.counters.add(Counter::CredentialCacheMisses, usize::try_from(misses).unwrap_or(usize::MAX));
         }
         match verdict {
-            Verdict::ShadowAdmit | Verdict::ShadowDeny(_) => Action::Continue,
-            Verdict::Pass(edits) | Verdict::Admit(edits) => {
+            Verdict::Pass(edits)
+            | Verdict::Admit(edits)
+            | Verdict::ShadowAdmit(edits)
+            | Verdict::ShadowDeny(_, edits) => {
                 for edit in edits {
                     self.apply(edit);
                 }
@@ -299,6 +335,10 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             Verdict::Deny(denial) => {
+                // Before the reply: Envoy's access log reads the request as it is then.
+                for edit in denial.scrub.iter().cloned() {
+                    self.apply(edit);
+                }
                 self.send_http_response(
                     u32::from(denial.status),
                     denial.headers(),
@@ -315,8 +355,9 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         // Every frame of every socket comes here: nothing is asked of the host unless waiting.
-        let Some(mut awaiting) = self.awaiting.take() else { return Action::Continue };
-        let Some(policy) = self.policy.clone() else { return Action::Continue };
+        if self.awaiting.is_none() {
+            return Action::Continue;
+        }
         // Envoy hands over everything held so far; only what is new is read.
         let new = body_size.saturating_sub(self.held);
         let bytes = match new {
@@ -324,28 +365,19 @@ impl HttpContext for Stream {
             _ => self.get_http_request_body(self.held, new).unwrap_or_default(),
         };
         self.held = body_size;
-        let now = milliseconds(self.get_current_time());
-        match policy.read_first_message(&mut awaiting, &bytes, end_of_stream, now) {
-            Step::Hold => {
-                self.awaiting = Some(awaiting);
-                // Pause on a body is StopIterationAndBuffer: Envoy keeps the bytes.
-                Action::Pause
-            }
-            Step::Release { cut, keep, close } => {
-                if cut > 0 {
-                    // Replaces the first `cut` bytes held (the auth message) with `keep`.
-                    self.set_http_request_body(0, cut, &keep);
-                }
-                self.set_close(close);
-                self.counters.add(Counter::Allowed, 1);
-                Action::Continue
-            }
-            Step::Refuse(reason) => {
-                self.refuse(&awaiting, reason);
-                let _ = hostcalls::reset_http_request();
-                Action::Pause
-            }
+        self.read_first_message(&bytes, end_of_stream)
+    }
+
+    /// Trailers end the client's stream (HTTP/2 and HTTP/3). While the socket waits, they would
+    /// carry the held bytes on with them: the stream ends here, before its credential.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.refused {
+            return Action::Pause;
         }
+        if self.awaiting.is_none() {
+            return Action::Continue;
+        }
+        self.read_first_message(&[], true)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -196,6 +196,23 @@ impl Pointer {
     pub fn find<'v>(&self, value: &'v Value) -> Option<&'v Value> {
         self.0.iter().try_fold(value, |value, name| value.as_object()?.get(name))
     }
+
+    /// Whether an object along the way has another member whose name differs from the one
+    /// pointed at only in case: a parser that folds case could take that one.
+    fn has_case_variant(&self, value: &Value) -> bool {
+        let mut at = value;
+        for name in &self.0 {
+            let Some(object) = at.as_object() else { return false };
+            if object.keys().any(|key| key != name && key.eq_ignore_ascii_case(name)) {
+                return true;
+            }
+            match object.get(name) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        false
+    }
 }
 
 /// The credential in an auth message: the string at `token_pointer`, once the value at
@@ -208,10 +225,15 @@ pub fn credential(
     if !message.text {
         return Err(MessageError::NotJson);
     }
-    // Text messages are UTF-8 (RFC 6455 section 5.6); member names given twice are refused, as
-    // the upstream's parser could read the other one.
+    // Text messages are UTF-8 (RFC 6455 section 5.6); member names given twice at any depth,
+    // or in another case along a pointer's path, are refused, as the upstream's parser could
+    // read the other one.
     std::str::from_utf8(&message.payload).map_err(|_| MessageError::NotJson)?;
     let value = Value::Object(unique_object(&message.payload).ok_or(MessageError::NotJson)?);
+    let pointers = [Some(token_pointer), kind.map(|(pointer, _)| pointer)];
+    if pointers.into_iter().flatten().any(|pointer| pointer.has_case_variant(&value)) {
+        return Err(MessageError::NotJson);
+    }
     if let Some((type_pointer, type_value)) = kind {
         if type_pointer.find(&value).and_then(Value::as_str) != Some(type_value) {
             return Err(MessageError::NotAuth);
@@ -380,6 +402,18 @@ mod tests {
         assert_eq!(credential(&auth, &p("/token"), None), Ok(b"abc".to_vec()));
         let nested = message(br#"{"auth":{"jwt":"x.y.z"}}"#);
         assert_eq!(credential(&nested, &p("/auth/jwt"), None), Ok(b"x.y.z".to_vec()));
+    }
+
+    #[test]
+    fn a_member_twice_at_any_depth_or_in_another_case_on_the_path_is_refused() {
+        let token = p("/auth/token");
+        let read = |json: &str| credential(&message(json.as_bytes()), &token, None);
+        assert_eq!(read(r#"{"auth":{"token":"a"}}"#), Ok(b"a".to_vec()));
+        assert_eq!(read(r#"{"auth":{"token":"a","token":"b"}}"#), Err(MessageError::NotJson));
+        assert_eq!(read(r#"{"auth":{"token":"a","Token":"b"}}"#), Err(MessageError::NotJson));
+        assert_eq!(read(r#"{"auth":{"token":"a"},"AUTH":{"token":"b"}}"#), Err(MessageError::NotJson));
+        assert_eq!(read(r#"{"auth":{"token":"a"},"x":{"y":1,"y":2}}"#), Err(MessageError::NotJson));
+        assert_eq!(read(r#"{"auth":{"token":"a"},"Other":1,"other":2}"#), Ok(b"a".to_vec()));
     }
 
     #[test]

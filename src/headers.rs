@@ -239,3 +239,60 @@ fn check_value(field: &str, value: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// A header name as the upstreams that are most lenient read it: lower case, and `_` as `-`
+/// (CGI and its heirs, WSGI, Rack, PHP, Django, turn both into the same variable).
+pub fn header_key(name: &str) -> String {
+    name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
+}
+
+/// Headers that Envoy, the connection or a WebSocket need, or that proxies set to say who the
+/// client is: no credential is taken from them and no identity is written to them.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "upgrade",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "expect",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "origin",
+    "forwarded",
+    "via",
+    "x-real-ip",
+    "x-request-id",
+];
+
+/// Prefixes of reserved header names.
+const RESERVED_PREFIXES: &[&str] = &["x-forwarded-", "x-envoy-", "sec-websocket-"];
+
+/// A lower-cased header name that may carry a credential or an identity: a token with no `_`
+/// (an upstream that reads `_` as `-` could not tell it from another header), not reserved
+/// ([`RESERVED_HEADERS`], [`RESERVED_PREFIXES`], pseudo-headers).
+pub(crate) fn credential_header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with(':') {
+        return Err(ConfigError::new(field, format!("{name:?} is a pseudo-header, not a header name")));
+    }
+    if lower.is_empty() || !lower.bytes().all(is_tchar) {
+        return Err(ConfigError::new(field, format!("{name:?} is not a header name")));
+    }
+    if lower.contains('_') {
+        let problem = format!(
+            "{name:?} has '_', which upstreams that read it as '-' cannot tell from {:?}; write it with '-'",
+            header_key(&lower)
+        );
+        return Err(ConfigError::new(field, problem));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p)) {
+        let problem = format!("{name:?} is a header that Envoy, proxies or WebSockets set or need");
+        return Err(ConfigError::new(field, problem));
+    }
+    Ok(lower)
+}

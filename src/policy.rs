@@ -7,18 +7,20 @@ use std::time::Duration;
 use crate::config::{Admission, Config, Mode, PolicyConfig};
 use crate::error::ConfigError;
 use crate::first_message::{Awaiting, Step};
+use crate::headers::header_key;
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
-use crate::scope::Selector;
+use crate::scope::{Ambiguity, Selector};
 use crate::sockets::Close;
 use crate::token::jwk::Algorithm;
 use crate::token::remote::{Fetch, FetchOutcome, RemoteJwks};
+use crate::token::source;
 use crate::token::{Auth, Checked};
 use crate::verdict::{
-    Denial, DenyReason, RequestEdit, Verdict, CHALLENGE, CHALLENGE_INVALID, INSECURE_TRANSPORT_BODY,
-    INSECURE_TRANSPORT_STATUS, JWKS_UNAVAILABLE_BODY, JWKS_UNAVAILABLE_STATUS, NO_POLICY_BODY,
-    NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS, NO_POLICY_STATUS, UNAUTHORIZED_BODY,
+    Denial, DenyReason, RequestEdit, Verdict, AMBIGUOUS_BODY, AMBIGUOUS_STATUS, CHALLENGE, CHALLENGE_INVALID,
+    INSECURE_TRANSPORT_BODY, INSECURE_TRANSPORT_STATUS, JWKS_UNAVAILABLE_BODY, JWKS_UNAVAILABLE_STATUS,
+    NO_POLICY_BODY, NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS, NO_POLICY_STATUS, UNAUTHORIZED_BODY,
 };
 
 /// A configuration checked and compiled for use on the request path: the policies, how to
@@ -31,6 +33,12 @@ pub struct Policy {
     /// The policies of `policies`, in order.
     scoped: Vec<Rules>,
     default: Option<Rules>,
+    /// Every identity header any policy sets, as [`header_key`] reads them: removed from every
+    /// request that carries one, in any spelling, whatever policy applies.
+    identity_headers: Vec<String>,
+    /// Every query parameter any policy takes a credential from: removed from a refused
+    /// request before the reply, so that no access log line holds it.
+    query_credentials: Vec<String>,
 }
 
 /// One policy, compiled: what an upgrade must satisfy, and what ordinary responses get.
@@ -171,10 +179,24 @@ impl Policy {
             }
             None => None,
         };
+        let auths = || scoped.iter().chain(default.as_ref()).filter_map(|rules: &Rules| rules.auth.as_ref());
+        let mut identity_headers: Vec<String> =
+            auths().flat_map(Auth::identity_headers).map(header_key).collect();
+        identity_headers.sort();
+        identity_headers.dedup();
+        let mut query_credentials: Vec<String> =
+            auths().flat_map(Auth::query_names).map(str::to_string).collect();
+        query_credentials.sort();
+        query_credentials.dedup();
         match (selector, errors.is_empty()) {
-            (Some(selector), true) => {
-                Ok(Policy { stat_names: crate::stats::names(prefix), selector, scoped, default })
-            }
+            (Some(selector), true) => Ok(Policy {
+                stat_names: crate::stats::names(prefix),
+                selector,
+                scoped,
+                default,
+                identity_headers,
+                query_credentials,
+            }),
             _ => Err(errors),
         }
     }
@@ -184,19 +206,51 @@ impl Policy {
         Policy::compile(Config::from_json(json)?)
     }
 
-    /// The policy that applies to `request`: the first in `policies` whose `match` fits, else
-    /// `default`.
-    fn applies(&self, request: &Request) -> Applies {
-        match self.selector.select(request) {
+    /// The policy that applies to `request`: the first in `policies` whose `match` fits its
+    /// canonical host and path, else `default`. For an upgrade, every reading of its host and
+    /// path must choose the same one ([`crate::canonical`]), or it is refused.
+    fn applies(&self, request: &Request) -> Result<Applies, DenyReason> {
+        let chosen = match request.is_upgrade() {
+            true => self.selector.select_upgrade(request).map_err(|ambiguity| match ambiguity {
+                Ambiguity::Path => DenyReason::PathAmbiguous,
+                Ambiguity::Host => DenyReason::HostAmbiguous,
+            })?,
+            false => self.selector.select(request),
+        };
+        Ok(match chosen {
             Some(index) => Applies::Scoped(index),
             None if self.default.is_some() => Applies::Default,
             None => Applies::Nothing,
+        })
+    }
+
+    /// Removes every header whose name some upstream reads as an identity header's (any case,
+    /// `_` for `-`): whatever the policy, the mode or the verdict, no client's copy goes on.
+    fn unforge(&self, request: &Request) -> Vec<RequestEdit<'_>> {
+        if self.identity_headers.is_empty() {
+            return Vec::new();
+        }
+        let mut forged: Vec<String> = request
+            .names()
+            .filter(|name| self.identity_headers.binary_search(&header_key(name)).is_ok())
+            .map(str::to_string)
+            .collect();
+        forged.dedup();
+        forged.into_iter().map(RequestEdit::RemoveForged).collect()
+    }
+
+    /// The edits that keep a refused request's credentials out of Envoy's logs.
+    fn scrub(&self, request: &Request) -> Vec<RequestEdit<'_>> {
+        let names = self.query_credentials.iter().map(String::as_str);
+        match source::without_query_credentials(request.path(), names) {
+            Some(path) => vec![RequestEdit::Set(":path", path)],
+            None => Vec::new(),
         }
     }
 
     /// The name of the policy that applies to `request` (for checkers and logs).
     pub fn policy_for(&self, request: &Request) -> Option<&str> {
-        self.rules(self.applies(request)).map(|rules| rules.name.as_str())
+        self.rules(self.applies(request).ok()?).map(|rules| rules.name.as_str())
     }
 
     fn rules(&self, applies: Applies) -> Option<&Rules> {
@@ -222,15 +276,23 @@ impl Policy {
         request: &Request,
         clock: impl FnOnce() -> u64,
     ) -> (Verdict<'_>, ResponsePlan) {
-        let applies = self.applies(request);
+        let (applies, chosen) = match self.applies(request) {
+            Ok(applies) => (applies, Ok(applies)),
+            Err(reason) => (Applies::Nothing, Err(reason)),
+        };
         let rules = self.rules(applies);
-        let (verdict, close) = if !request.is_upgrade() {
-            (Verdict::Pass(rules.map(|rules| rules.unforge(request)).unwrap_or_default()), None)
-        } else {
-            match rules {
-                Some(rules) => rules.decide(request, applies, clock()),
-                None => (Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)), None),
+        let (verdict, close) = match (chosen, rules) {
+            _ if !request.is_upgrade() => (Verdict::Pass(Vec::new()), None),
+            (Err(reason), _) => (Verdict::Deny(unruled_denial(reason)), None),
+            (Ok(applies), Some(rules)) => rules.decide(request, applies, clock()),
+            (Ok(_), None) => (Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)), None),
+        };
+        let verdict = match verdict {
+            Verdict::Deny(mut denial) => {
+                denial.scrub = self.scrub(request);
+                Verdict::Deny(denial)
             }
+            going_on => going_on.with_edits_first(self.unforge(request)),
         };
         let mut plan = ResponsePlan::new(applies, rules, request, &verdict);
         plan.close = close;
@@ -239,7 +301,7 @@ impl Policy {
 
     /// What the response to `request` will need, once `verdict` was reached.
     pub fn plan_response(&self, request: &Request, verdict: &Verdict<'_>) -> ResponsePlan {
-        let applies = self.applies(request);
+        let applies = self.applies(request).unwrap_or(Applies::Nothing);
         ResponsePlan::new(applies, self.rules(applies), request, verdict)
     }
 
@@ -427,11 +489,6 @@ impl Rules {
         }
     }
 
-    /// Removes the identity headers this policy sets, where the client sent them.
-    fn unforge(&self, request: &Request) -> Vec<RequestEdit<'_>> {
-        self.auth.as_ref().map(|auth| auth.unforge(request)).unwrap_or_default()
-    }
-
     /// Decides one upgrade at `now` (milliseconds since the Unix epoch). The transport is
     /// checked first (403), then the origin (403), then the credential (401). And when an
     /// admitted socket must close, if this policy closes sockets.
@@ -453,8 +510,8 @@ impl Rules {
             }
             (Err(reason), Mode::Enforce) => (Verdict::Deny(self.denial(reason)), None),
             // Shadow mode: decided and reported, but nothing is refused, changed or closed.
-            (Ok(_), Mode::Shadow) => (Verdict::ShadowAdmit, None),
-            (Err(reason), Mode::Shadow) => (Verdict::ShadowDeny(self.denial(reason)), None),
+            (Ok(_), Mode::Shadow) => (Verdict::ShadowAdmit(Vec::new()), None),
+            (Err(reason), Mode::Shadow) => (Verdict::ShadowDeny(self.denial(reason), Vec::new()), None),
         }
     }
 
@@ -509,13 +566,17 @@ impl Rules {
     /// The one place where a reason becomes a reply.
     fn denial(&self, reason: DenyReason) -> Denial<'_> {
         match reason {
-            DenyReason::NoPolicy | DenyReason::NoPolicyMatched => unruled_denial(reason),
+            DenyReason::NoPolicy
+            | DenyReason::NoPolicyMatched
+            | DenyReason::PathAmbiguous
+            | DenyReason::HostAmbiguous => unruled_denial(reason),
             DenyReason::JwksUnavailable => Denial {
                 reason,
                 status: JWKS_UNAVAILABLE_STATUS,
                 body: JWKS_UNAVAILABLE_BODY,
                 challenge: None,
                 policy: &self.name,
+                scrub: Vec::new(),
             },
             DenyReason::InsecureTransport => Denial {
                 reason,
@@ -523,6 +584,7 @@ impl Rules {
                 body: INSECURE_TRANSPORT_BODY,
                 challenge: None,
                 policy: &self.name,
+                scrub: Vec::new(),
             },
             DenyReason::OriginNotAllowed
             | DenyReason::OriginMissing
@@ -533,6 +595,7 @@ impl Rules {
                 body: &self.deny_body,
                 challenge: None,
                 policy: &self.name,
+                scrub: Vec::new(),
             },
             DenyReason::TokenMissing => Denial {
                 reason,
@@ -540,6 +603,7 @@ impl Rules {
                 body: UNAUTHORIZED_BODY,
                 challenge: Some(CHALLENGE),
                 policy: &self.name,
+                scrub: Vec::new(),
             },
             DenyReason::TokenMalformed
             | DenyReason::TokenDuplicated
@@ -561,6 +625,7 @@ impl Rules {
                 body: UNAUTHORIZED_BODY,
                 challenge: Some(CHALLENGE_INVALID),
                 policy: &self.name,
+                scrub: Vec::new(),
             },
         }
     }
@@ -596,9 +661,10 @@ impl Rules {
 fn unruled_denial(reason: DenyReason) -> Denial<'static> {
     let (status, body) = match reason {
         DenyReason::NoPolicyMatched => (NO_POLICY_MATCHED_STATUS, NO_POLICY_MATCHED_BODY),
+        DenyReason::PathAmbiguous | DenyReason::HostAmbiguous => (AMBIGUOUS_STATUS, AMBIGUOUS_BODY),
         _ => (NO_POLICY_STATUS, NO_POLICY_BODY),
     };
-    Denial { reason, status, body, challenge: None, policy: "-" }
+    Denial { reason, status, body, challenge: None, policy: "-", scrub: Vec::new() }
 }
 
 /// Decides one request with whatever policy the VM holds. Without a valid policy (none was

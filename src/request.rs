@@ -38,6 +38,11 @@ impl Request {
         self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
+    /// Every header name, once per line, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.headers.iter().map(|(name, _)| name.as_str())
+    }
+
     /// The request target (`:path`), query string included; empty if there is none.
     pub fn path(&self) -> &[u8] {
         self.values(":path").next().unwrap_or_default()

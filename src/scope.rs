@@ -1,8 +1,11 @@
 //! Which policy applies to a request: `match` (hosts and a path prefix) compiled into lookups by
-//! host, so that choosing does not scan every policy.
+//! host, so that choosing does not scan every policy. Hosts and paths are compared in the
+//! canonical form of [`crate::canonical`]; an upgrade's policy is chosen on every reading of its
+//! host and path, and must be the same on each.
 
 use std::collections::HashMap;
 
+use crate::canonical::{self, Malformed, Reading, Readings};
 use crate::config::MatchConfig;
 use crate::error::ConfigError;
 use crate::request::Request;
@@ -13,6 +16,18 @@ enum Host {
     Exact(String),
     /// `*.suffix`: exactly one label before `suffix`.
     Wildcard(String),
+    /// `**.suffix`: one or more labels before `suffix`.
+    Deep(String),
+}
+
+/// Why no one policy can be chosen for an upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// The path is not a path, or has a bad escape, or its readings choose different policies.
+    Path,
+    /// The host's readings (with a trailing dot, `*.` over several labels) choose different
+    /// policies.
+    Host,
 }
 
 /// One policy's compiled `match`.
@@ -32,6 +47,8 @@ pub struct Selector {
     exact: HashMap<String, Vec<usize>>,
     /// Policy indexes by the suffix of a `*.suffix` host, ascending.
     wildcard: HashMap<String, Vec<usize>>,
+    /// Policy indexes by the suffix of a `**.suffix` host, ascending.
+    deep: HashMap<String, Vec<usize>>,
     /// Policies without hosts, ascending.
     any_host: Vec<usize>,
 }
@@ -54,6 +71,7 @@ impl Selector {
                 let (map, key) = match host {
                     Host::Exact(name) => (&mut selector.exact, name),
                     Host::Wildcard(suffix) => (&mut selector.wildcard, suffix),
+                    Host::Deep(suffix) => (&mut selector.deep, suffix),
                 };
                 map.entry(key.clone()).or_default().push(index);
             }
@@ -65,49 +83,82 @@ impl Selector {
         Ok(selector)
     }
 
-    /// The first policy whose `match` fits the request, if any.
+    /// The first policy whose `match` fits the request's canonical host and path, if any: the
+    /// choice for an ordinary request, which is not refused whatever its spelling. A target that
+    /// is not a path matches only policies without a path prefix.
     pub fn select(&self, request: &Request) -> Option<usize> {
-        let host = request_host(request);
-        let path = request.path();
-        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-        let parent = host.split_once('.').map(|(_, rest)| rest);
-        let exact = self.exact.get(&host).map(Vec::as_slice).unwrap_or_default();
-        let wildcard = parent.and_then(|p| self.wildcard.get(p)).map(Vec::as_slice).unwrap_or_default();
-        // Three short ascending lists: the first fit in the union is the lowest index that fits.
-        [exact, wildcard, self.any_host.as_slice()]
+        let path = canonical::path(request.path()).unwrap_or_default();
+        let reading = Reading {
+            host: canonical::host(authority(request)),
+            path,
+            fold_case: false,
+            deep_wildcards: false,
+        };
+        self.select_reading(&reading)
+    }
+
+    /// The policy for an upgrade: the same on every reading of its host and path, or refused.
+    pub fn select_upgrade(&self, request: &Request) -> Result<Option<usize>, Ambiguity> {
+        let readings =
+            Readings::of(authority(request), request.path()).map_err(|_: Malformed| Ambiguity::Path)?;
+        let mut readings = readings.0.iter();
+        let Some(first) = readings.next() else { return Ok(None) };
+        let chosen = self.select_reading(first);
+        for reading in readings {
+            if self.select_reading(reading) != chosen {
+                // Which part made the difference: the same host on the canonical path agrees.
+                let on_canonical_path =
+                    Reading { path: first.path.clone(), fold_case: false, ..reading.clone() };
+                return Err(match self.select_reading(&on_canonical_path) == chosen {
+                    true => Ambiguity::Path,
+                    false => Ambiguity::Host,
+                });
+            }
+        }
+        Ok(chosen)
+    }
+
+    /// The first policy whose `match` fits one reading, if any.
+    fn select_reading(&self, reading: &Reading) -> Option<usize> {
+        let host = reading.host.as_str();
+        let exact = self.exact.get(host).map(Vec::as_slice).unwrap_or_default();
+        // The parents of the host: `b.example.com` and `example.com` for `a.b.example.com`.
+        let parents = || host.match_indices('.').filter_map(|(at, _)| host.get(at + 1..));
+        let mut wildcard: Vec<usize> = Vec::new();
+        for (depth, parent) in parents().enumerate() {
+            if depth == 0 || reading.deep_wildcards {
+                wildcard.extend(self.wildcard.get(parent).into_iter().flatten());
+            }
+            wildcard.extend(self.deep.get(parent).into_iter().flatten());
+        }
+        [exact, wildcard.as_slice(), self.any_host.as_slice()]
             .into_iter()
-            .filter_map(|candidates| {
-                candidates.iter().copied().find(|&index| {
-                    self.scopes
-                        .get(index)
-                        .is_some_and(|scope| path_matches(scope.path_prefix.as_deref(), path))
+            .flat_map(|candidates| candidates.iter().copied())
+            .filter(|&index| {
+                self.scopes.get(index).is_some_and(|scope| {
+                    path_matches(scope.path_prefix.as_deref(), reading.path.as_bytes(), reading.fold_case)
                 })
             })
             .min()
     }
 }
 
-/// The request's host without its port, lower-cased (`:authority`, or `host` in HTTP/1.0).
-fn request_host(request: &Request) -> String {
-    let authority =
-        request.values(":authority").next().or_else(|| request.values("host").next()).unwrap_or_default();
-    let authority = String::from_utf8_lossy(authority).to_ascii_lowercase();
-    match authority.strip_prefix('[') {
-        // An IPv6 literal keeps its brackets: [::1]:8080 is [::1].
-        Some(rest) => rest.split_once(']').map(|(ip, _)| format!("[{ip}]")).unwrap_or(authority),
-        None => authority.split(':').next().unwrap_or_default().to_string(),
-    }
+/// The request's authority (`:authority`, or `host` in HTTP/1.0).
+fn authority(request: &Request) -> &[u8] {
+    request.values(":authority").next().or_else(|| request.values("host").next()).unwrap_or_default()
 }
 
-/// `/ws` matches `/ws` and `/ws/x`, not `/wsx`.
-fn path_matches(prefix: Option<&str>, path: &[u8]) -> bool {
+/// `/ws` matches `/ws` and `/ws/x`, not `/wsx`; with `fold_case`, also `/WS/x`.
+fn path_matches(prefix: Option<&str>, path: &[u8], fold_case: bool) -> bool {
     let Some(prefix) = prefix else {
         return true;
     };
-    match path.strip_prefix(prefix.as_bytes()) {
-        Some(rest) => rest.is_empty() || rest.starts_with(b"/"),
-        None => false,
-    }
+    let (Some(start), rest) = (path.get(..prefix.len()), path.get(prefix.len()..).unwrap_or_default()) else {
+        return false;
+    };
+    let same =
+        if fold_case { start.eq_ignore_ascii_case(prefix.as_bytes()) } else { start == prefix.as_bytes() };
+    same && (rest.is_empty() || rest.starts_with(b"/"))
 }
 
 fn compile_scope(config: &MatchConfig, field: &str) -> Result<Scope, ConfigError> {
@@ -115,21 +166,24 @@ fn compile_scope(config: &MatchConfig, field: &str) -> Result<Scope, ConfigError
     for (index, host) in config.hosts.iter().enumerate() {
         let at = format!("{field}.match.hosts[{index}]");
         let lower = host.to_ascii_lowercase();
-        let (wildcard, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
+        let (kind, name): (fn(String) -> Host, &str) =
+            match (lower.strip_prefix("**."), lower.strip_prefix("*.")) {
+                (Some(rest), _) => (Host::Deep, rest),
+                (None, Some(rest)) => (Host::Wildcard, rest),
+                (None, None) => (Host::Exact, lower.as_str()),
+            };
         let valid = !name.is_empty()
             && name.split('.').all(|l| {
                 !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             });
         if !valid {
-            let problem =
-                format!("{host:?} is not a host name, nor `*.` and a host name; give it without a port");
+            let problem = format!(
+                "{host:?} is not a host name, nor `*.` or `**.` and a host name; give it without a port \
+                 or trailing dot"
+            );
             return Err(ConfigError::new(at, problem));
         }
-        let compiled =
-            if wildcard { Host::Wildcard(name.to_string()) } else { Host::Exact(name.to_string()) };
+        let compiled = kind(name.to_string());
         if hosts.contains(&compiled) {
             return Err(ConfigError::new(at, format!("{host:?} is listed twice")));
         }
@@ -137,13 +191,27 @@ fn compile_scope(config: &MatchConfig, field: &str) -> Result<Scope, ConfigError
     }
     let path_prefix = match config.path_prefix.as_deref() {
         None | Some("/") => None,
-        Some(prefix) if prefix.starts_with('/') && !prefix.contains(['?', '#']) => {
-            Some(prefix.trim_end_matches('/').to_string())
-        }
         Some(prefix) => {
-            let problem =
-                format!("{prefix:?} is not a path: it starts with '/' and has no query or fragment");
-            return Err(ConfigError::new(format!("{field}.match.path_prefix"), problem));
+            let at = format!("{field}.match.path_prefix");
+            let canonical = match prefix.contains('?') {
+                true => Err(Malformed::BadByte),
+                false => canonical::path(prefix.as_bytes()),
+            };
+            match canonical {
+                // Requests are matched in canonical form: a prefix in any other would match none.
+                Ok(canonical) if canonical == prefix.trim_end_matches('/') => Some(canonical),
+                Ok(canonical) => {
+                    let problem = format!("{prefix:?} is not in canonical form; write {canonical:?}");
+                    return Err(ConfigError::new(at, problem));
+                }
+                Err(_) => {
+                    let problem = format!(
+                        "{prefix:?} is not a path: it starts with '/', has visible ASCII only and no query \
+                         or fragment"
+                    );
+                    return Err(ConfigError::new(at, problem));
+                }
+            }
         }
     };
     Ok(Scope { hosts, path_prefix })
@@ -157,17 +225,20 @@ fn covers(earlier: &Scope, later: &Scope) -> bool {
     let paths = match (&earlier.path_prefix, &later.path_prefix) {
         (None, _) => true,
         (Some(_), None) => false,
-        (Some(earlier), Some(later)) => path_matches(Some(earlier), later.as_bytes()),
+        (Some(earlier), Some(later)) => path_matches(Some(earlier), later.as_bytes(), false),
     };
     hosts && paths
 }
 
 fn host_covers(earlier: &Host, later: &Host) -> bool {
+    fn below<'n>(name: &'n str, suffix: &str) -> Option<&'n str> {
+        name.strip_suffix(suffix).and_then(|labels| labels.strip_suffix('.')).filter(|l| !l.is_empty())
+    }
     match (earlier, later) {
-        (Host::Wildcard(suffix), Host::Exact(name)) => name
-            .strip_suffix(suffix.as_str())
-            .and_then(|label| label.strip_suffix('.'))
-            .is_some_and(|l| !l.contains('.')),
+        (Host::Wildcard(suffix), Host::Exact(name)) => below(name, suffix).is_some_and(|l| !l.contains('.')),
+        (Host::Deep(suffix), Host::Exact(name) | Host::Wildcard(name) | Host::Deep(name)) => {
+            name == suffix && !matches!(later, Host::Exact(_)) || below(name, suffix).is_some()
+        }
         _ => earlier == later,
     }
 }

@@ -140,8 +140,8 @@ impl Counter {
             Verdict::Admit(_) => Some(Counter::Allowed),
             Verdict::Await { .. } => Some(Counter::AwaitedFirstMessage),
             Verdict::Deny(denial) => Some(Counter::Denied(denial.reason)),
-            Verdict::ShadowAdmit => Some(Counter::ShadowAllowed),
-            Verdict::ShadowDeny(denial) => Some(Counter::ShadowDenied(denial.reason)),
+            Verdict::ShadowAdmit(_) => Some(Counter::ShadowAllowed),
+            Verdict::ShadowDeny(denial, _) => Some(Counter::ShadowDenied(denial.reason)),
         }
     }
 }
@@ -171,6 +171,8 @@ fn reason_index(reason: DenyReason) -> usize {
         DenyReason::FirstMessageTimeout => 19,
         DenyReason::FirstMessageTooLarge => 20,
         DenyReason::FirstMessageMalformed => 21,
+        DenyReason::PathAmbiguous => 22,
+        DenyReason::HostAmbiguous => 23,
     }
 }
 

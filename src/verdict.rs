@@ -19,11 +19,12 @@ pub enum Verdict<'p> {
     Await { edits: Vec<RequestEdit<'p>>, awaiting: Awaiting },
     /// An upgrade the policy refuses: answered locally, the upstream never sees it.
     Deny(Denial<'p>),
-    /// A shadow-mode policy would admit this upgrade; it goes on unchanged.
-    ShadowAdmit,
+    /// A shadow-mode policy would admit this upgrade; it goes on unchanged but for these edits
+    /// (forged identity headers removed, as from every request).
+    ShadowAdmit(Vec<RequestEdit<'p>>),
     /// A shadow-mode policy would refuse this upgrade; it is counted and logged, and goes on
-    /// unchanged.
-    ShadowDeny(Denial<'p>),
+    /// unchanged but for these edits (forged identity headers removed).
+    ShadowDeny(Denial<'p>, Vec<RequestEdit<'p>>),
 }
 
 /// A change to the request headers before the upstream sees them.
@@ -35,6 +36,9 @@ pub enum RequestEdit<'p> {
     Remove(&'p str),
     /// Replace every line of the header with these lines; none left removes it.
     Lines(&'p str, Vec<Vec<u8>>),
+    /// Remove every line of a header under the name the client gave it: a copy of an identity
+    /// header in another spelling (`x_wsgate_subject`).
+    RemoveForged(String),
 }
 
 impl RequestEdit<'_> {
@@ -47,6 +51,7 @@ impl RequestEdit<'_> {
                 headers.push((name.to_string(), value));
             }
             RequestEdit::Remove(name) => headers.retain(|(n, _)| n != name),
+            RequestEdit::RemoveForged(name) => headers.retain(|(n, _)| *n != name),
             RequestEdit::Lines(name, lines) => {
                 headers.retain(|(n, _)| n != name);
                 headers.extend(lines.into_iter().map(|line| (name.to_string(), line)));
@@ -65,6 +70,9 @@ pub struct Denial<'p> {
     pub challenge: Option<&'static str>,
     /// The name of the policy that decided.
     pub policy: &'p str,
+    /// Edits to the request before the reply, which Envoy's access log then shows: the
+    /// credentials in its query removed.
+    pub scrub: Vec<RequestEdit<'p>>,
 }
 
 /// Why an upgrade was refused.
@@ -118,6 +126,12 @@ pub enum DenyReason {
     NoPolicy,
     /// No policy applies to the request (none matches and there is no `default`).
     NoPolicyMatched,
+    /// The upgrade's path is not one path: readings that upstreams make of it (case, escapes,
+    /// `;` parameters, dot segments, slashes) choose different policies, or it has a bad escape.
+    PathAmbiguous,
+    /// The upgrade's host is not one host: readings of it (a trailing dot, `*.` over several
+    /// labels as in Envoy's virtual hosts) choose different policies.
+    HostAmbiguous,
 }
 
 /// The status of the reply to [`DenyReason::NoPolicy`].
@@ -128,6 +142,11 @@ pub const NO_POLICY_BODY: &str = "Service Unavailable: WebSocket gate has no val
 pub const NO_POLICY_MATCHED_STATUS: u16 = 403;
 /// The body of the reply to [`DenyReason::NoPolicyMatched`].
 pub const NO_POLICY_MATCHED_BODY: &str = "Forbidden: no WebSocket policy for this host and path";
+/// The status of the reply to [`DenyReason::PathAmbiguous`] and [`DenyReason::HostAmbiguous`].
+pub const AMBIGUOUS_STATUS: u16 = 403;
+/// The body of that reply.
+pub const AMBIGUOUS_BODY: &str =
+    "Forbidden: the host or path of this WebSocket can be read more than one way";
 /// The status of the reply to [`DenyReason::InsecureTransport`].
 pub const INSECURE_TRANSPORT_STATUS: u16 = 403;
 /// The body of the reply to [`DenyReason::InsecureTransport`].
@@ -150,7 +169,7 @@ const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
     /// Every reason, in a fixed order (stat names are made from it).
-    pub const ALL: [DenyReason; 22] = [
+    pub const ALL: [DenyReason; 24] = [
         DenyReason::OriginNotAllowed,
         DenyReason::OriginMissing,
         DenyReason::OriginNull,
@@ -173,6 +192,8 @@ impl DenyReason {
         DenyReason::FirstMessageTimeout,
         DenyReason::FirstMessageTooLarge,
         DenyReason::FirstMessageMalformed,
+        DenyReason::PathAmbiguous,
+        DenyReason::HostAmbiguous,
     ];
 
     /// The word for this reason in logs (and, later, in stat names).
@@ -200,6 +221,8 @@ impl DenyReason {
             DenyReason::FirstMessageTimeout => "first_message_timeout",
             DenyReason::FirstMessageTooLarge => "first_message_too_large",
             DenyReason::FirstMessageMalformed => "first_message_malformed",
+            DenyReason::PathAmbiguous => "path_ambiguous",
+            DenyReason::HostAmbiguous => "host_ambiguous",
         }
     }
 }
@@ -248,13 +271,47 @@ pub fn request_fields(request: &Request) -> String {
     )
 }
 
-impl Verdict<'_> {
+impl<'p> Verdict<'p> {
     /// The log line for a refusal or a shadow refusal; none for the other verdicts.
     pub fn log_line(&self, request: &Request) -> Option<String> {
         match self {
             Verdict::Deny(denial) => Some(denial.describe("denied upgrade", request)),
-            Verdict::ShadowDeny(denial) => Some(denial.describe("shadow mode, would deny upgrade", request)),
-            Verdict::Pass(_) | Verdict::Admit(_) | Verdict::Await { .. } | Verdict::ShadowAdmit => None,
+            Verdict::ShadowDeny(denial, _) => {
+                Some(denial.describe("shadow mode, would deny upgrade", request))
+            }
+            Verdict::Pass(_) | Verdict::Admit(_) | Verdict::Await { .. } | Verdict::ShadowAdmit(_) => None,
+        }
+    }
+
+    /// The same verdict with `first` carried out before its own edits; a refusal, which sends
+    /// nothing on, is unchanged.
+    pub(crate) fn with_edits_first(self, mut first: Vec<RequestEdit<'p>>) -> Verdict<'p> {
+        if first.is_empty() {
+            return self;
+        }
+        let mut put = |edits: Vec<RequestEdit<'p>>| {
+            first.extend(edits);
+            std::mem::take(&mut first)
+        };
+        match self {
+            Verdict::Pass(edits) => Verdict::Pass(put(edits)),
+            Verdict::Admit(edits) => Verdict::Admit(put(edits)),
+            Verdict::Await { edits, awaiting } => Verdict::Await { edits: put(edits), awaiting },
+            Verdict::ShadowAdmit(edits) => Verdict::ShadowAdmit(put(edits)),
+            Verdict::ShadowDeny(denial, edits) => Verdict::ShadowDeny(denial, put(edits)),
+            Verdict::Deny(denial) => Verdict::Deny(denial),
+        }
+    }
+
+    /// The edits to carry out on the request before it goes on (or, refused, before the reply).
+    pub fn edits(self) -> Vec<RequestEdit<'p>> {
+        match self {
+            Verdict::Pass(edits)
+            | Verdict::Admit(edits)
+            | Verdict::Await { edits, .. }
+            | Verdict::ShadowAdmit(edits)
+            | Verdict::ShadowDeny(_, edits) => edits,
+            Verdict::Deny(denial) => denial.scrub,
         }
     }
 }
@@ -282,6 +339,7 @@ mod tests {
             body: "no",
             challenge: None,
             policy: "default",
+            scrub: Vec::new(),
         })
     }
 
@@ -309,9 +367,9 @@ mod tests {
     fn a_shadow_refusal_is_logged_as_one_and_an_admission_not_at_all() {
         let Verdict::Deny(denial) = denial() else { unreachable!() };
         let r = request(&[(":path", b"/ws")]);
-        let line = Verdict::ShadowDeny(denial).log_line(&r).unwrap();
+        let line = Verdict::ShadowDeny(denial, Vec::new()).log_line(&r).unwrap();
         assert!(line.starts_with("shadow mode, would deny upgrade: reason=origin_not_allowed"), "{line}");
-        assert_eq!(Verdict::ShadowAdmit.log_line(&r), None);
+        assert_eq!(Verdict::ShadowAdmit(Vec::new()).log_line(&r), None);
         assert_eq!(Verdict::Admit(Vec::new()).log_line(&r), None);
     }
 

@@ -309,3 +309,25 @@ async fn http2_sockets_wait_for_their_first_message_too() {
     assert_eq!(received, [&[0x81, 7][..], b"over h2"].concat(), "only the second message came back");
     assert_eq!(upstream_socket(&gate).messages, ["over h2"]);
 }
+
+#[tokio::test]
+async fn http2_trailers_on_a_waiting_socket_end_it_and_release_nothing() {
+    let gate = start(json!({})).await;
+    let h2 = h2_websocket(gate.port(), "/ws", &[ALLOWED]).await;
+    assert_eq!(h2.status, 200);
+    let (mut send, mut recv) = h2.stream.unwrap();
+    // An unfinished text message (FIN=0), then trailers (HEADERS with END_STREAM).
+    send.send_data(Bytes::from(client_frame(false, 0x1, br#"{"type":"chat","text":"held"#)), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-end", http::HeaderValue::from_static("1"));
+    send.send_trailers(trailers).unwrap();
+    // The stream is reset: it ends without a byte from the upstream.
+    let ended =
+        tokio::time::timeout(Duration::from_secs(3), recv.data()).await.expect("the stream stayed open");
+    assert!(!matches!(ended, Some(Ok(_))), "data came back: {ended:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream_socket(&gate).bytes, 0, "the held bytes reached the upstream");
+    assert_eq!(stat(&gate, "denied.first_message_missing"), Some(1));
+    assert_eq!(stat(&gate, "allowed"), Some(0));
+}

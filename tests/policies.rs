@@ -39,7 +39,7 @@ fn handshake(authority: &str, path: &str, origin: &str) -> Request {
 /// The reason and the deciding policy of a refusal (or shadow refusal).
 fn refusal(verdict: Verdict<'_>) -> (DenyReason, String) {
     match verdict {
-        Verdict::Deny(denial) | Verdict::ShadowDeny(denial) => (denial.reason, denial.policy.to_string()),
+        Verdict::Deny(denial) | Verdict::ShadowDeny(denial, _) => (denial.reason, denial.policy.to_string()),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -70,7 +70,7 @@ fn each_policy_has_its_own_mode_and_an_unnamed_one_is_named_by_its_place() {
     let policy = policy(CONFIG);
     let internal = handshake("tools.internal.example", "/", "https://evil.example");
     match policy.decide(&internal, NOW) {
-        Verdict::ShadowDeny(denial) => assert_eq!(denial.policy, "policies[1]"),
+        Verdict::ShadowDeny(denial, _) => assert_eq!(denial.policy, "policies[1]"),
         other => panic!("expected a shadow refusal, got {other:?}"),
     }
 }

@@ -31,6 +31,7 @@ fn get(tls: bool) -> Request {
 fn handshake(tls: bool, origin: &str) -> Request {
     Request::new(headers(&[
         (":method", "GET"),
+        (":path", "/ws"),
         ("connection", "upgrade"),
         ("upgrade", "websocket"),
         ("origin", origin),

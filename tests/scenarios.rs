@@ -50,8 +50,8 @@ fn reason(verdict: &Verdict<'_>) -> Option<DenyReason> {
         Verdict::Pass(_)
         | Verdict::Admit(_)
         | Verdict::Await { .. }
-        | Verdict::ShadowAdmit
-        | Verdict::ShadowDeny(_) => None,
+        | Verdict::ShadowAdmit(_)
+        | Verdict::ShadowDeny(..) => None,
     }
 }
 
@@ -207,10 +207,13 @@ fn forwarded_proto_counts_as_tls_only_when_trusted() {
 fn shadow_mode_reports_a_refusal_but_lets_the_request_go_on() {
     let shadow = policy(r#"{"allowed_origins": ["https://app.example.com"], "mode": "shadow"}"#);
     match shadow.decide(&handshake(Some(b"https://evil.example")), NOW) {
-        Verdict::ShadowDeny(denial) => assert_eq!(denial.reason, DenyReason::OriginNotAllowed),
+        Verdict::ShadowDeny(denial, _) => assert_eq!(denial.reason, DenyReason::OriginNotAllowed),
         other => panic!("expected a shadow refusal, got {other:?}"),
     }
-    assert_eq!(shadow.decide(&handshake(Some(b"https://app.example.com")), NOW), Verdict::ShadowAdmit);
+    assert_eq!(
+        shadow.decide(&handshake(Some(b"https://app.example.com")), NOW),
+        Verdict::ShadowAdmit(Vec::new())
+    );
 }
 
 #[test]
@@ -224,7 +227,7 @@ fn shadow_mode_changes_nothing_in_an_admitted_request() {
         ("upgrade", b"websocket"),
         ("origin", b"https://app.example.com"),
     ]);
-    assert_eq!(policy(json).decide(&request, NOW), Verdict::ShadowAdmit);
+    assert_eq!(policy(json).decide(&request, NOW), Verdict::ShadowAdmit(Vec::new()));
 }
 
 #[test]

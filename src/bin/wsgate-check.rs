@@ -148,13 +148,19 @@ fn decide(policy: &Policy, handshake: &Handshake) -> Result<(), String> {
             denial.status,
             denial.policy
         ),
-        Verdict::ShadowAdmit => println!("verdict: shadow admit (goes on unchanged)\npolicy: {decided_by}"),
-        Verdict::ShadowDeny(denial) => println!(
-            "verdict: shadow deny (goes on unchanged)\nreason: {}\nstatus: {}\npolicy: {}",
-            denial.reason.as_str(),
-            denial.status,
-            denial.policy
-        ),
+        Verdict::ShadowAdmit(edits) => {
+            println!("verdict: shadow admit (goes on unchanged)\npolicy: {decided_by}");
+            print_edits(edits);
+        }
+        Verdict::ShadowDeny(denial, edits) => {
+            println!(
+                "verdict: shadow deny (goes on unchanged)\nreason: {}\nstatus: {}\npolicy: {}",
+                denial.reason.as_str(),
+                denial.status,
+                denial.policy
+            );
+            print_edits(edits);
+        }
         Verdict::Pass(_) => println!("verdict: pass (not an upgrade)"),
     }
     Ok(())
@@ -168,6 +174,7 @@ fn print_edits(edits: Vec<RequestEdit<'_>>) {
                 println!("upstream gets: {name}: {}", String::from_utf8_lossy(&value))
             }
             RequestEdit::Remove(name) => println!("upstream gets: no {name}"),
+            RequestEdit::RemoveForged(name) => println!("upstream gets: no {name}"),
             RequestEdit::Lines(name, lines) if lines.is_empty() => println!("upstream gets: no {name}"),
             RequestEdit::Lines(name, lines) => {
                 for line in lines {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::config::JwtConfig;
 use crate::error::ConfigError;
-use crate::headers::is_tchar;
+use crate::headers::credential_header_name;
 use crate::token::jwk::{Algorithm, Jwk, ALGORITHMS};
 use crate::token::remote::RemoteJwks;
 use crate::verdict::DenyReason;
@@ -105,11 +105,7 @@ impl JwtVerifier {
             if mapping.claim.is_empty() {
                 return Err(ConfigError::new(format!("{field}.claim"), "is empty"));
             }
-            let header = mapping.header.to_ascii_lowercase();
-            if header.is_empty() || !header.bytes().all(is_tchar) {
-                let problem = format!("{:?} is not a header name", mapping.header);
-                return Err(ConfigError::new(format!("{field}.header"), problem));
-            }
+            let header = credential_header_name(&mapping.header, &format!("{field}.header"))?;
             if claims_to_headers.iter().any(|(_, h)| *h == header) {
                 return Err(ConfigError::new(format!("{field}.header"), format!("{header:?} is used twice")));
             }
@@ -293,7 +289,7 @@ fn decode_object(segment: &[u8]) -> Result<Map<String, Value>, DenyReason> {
     unique_object(&decode(segment)?).ok_or(DenyReason::TokenMalformed)
 }
 
-/// A JSON object whose top-level member names are all different, from UTF-8 bytes.
+/// A JSON object whose member names are all different at every depth, from UTF-8 bytes.
 pub(crate) fn unique_object(bytes: &[u8]) -> Option<Map<String, Value>> {
     serde_json::from_slice::<UniqueObject>(bytes).ok().map(|object| object.0)
 }
@@ -309,32 +305,69 @@ fn numeric_date(claims: &Claims, name: &str) -> Result<Option<f64>, DenyReason> 
     }
 }
 
-/// A JSON object whose top-level member names are all different.
+/// A JSON object whose member names are all different, at every depth.
 struct UniqueObject(Map<String, Value>);
+
+/// A JSON value whose objects have no member name twice, at any depth.
+struct UniqueValue(Value);
 
 impl<'de> serde::Deserialize<'de> for UniqueObject {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UniqueObject, D::Error> {
+        match UniqueValue::deserialize(deserializer)?.0 {
+            Value::Object(map) => Ok(UniqueObject(map)),
+            _ => Err(serde::de::Error::custom("not a JSON object")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UniqueValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<UniqueValue, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = UniqueObject;
+            type Value = UniqueValue;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a JSON value")
             }
-            fn visit_map<M: serde::de::MapAccess<'de>>(
-                self,
-                mut access: M,
-            ) -> Result<UniqueObject, M::Error> {
+            fn visit_bool<E>(self, v: bool) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::from(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::String(v)))
+            }
+            fn visit_unit<E>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut access: A) -> Result<UniqueValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueValue(item)) = access.next_element()? {
+                    items.push(item);
+                }
+                Ok(UniqueValue(Value::Array(items)))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut access: M) -> Result<UniqueValue, M::Error> {
                 let mut map = Map::new();
-                while let Some((key, value)) = access.next_entry::<String, Value>()? {
+                while let Some((key, UniqueValue(value))) = access.next_entry::<String, UniqueValue>()? {
                     if map.contains_key(&key) {
                         return Err(serde::de::Error::custom(format!("duplicate member {key:?}")));
                     }
                     map.insert(key, value);
                 }
-                Ok(UniqueObject(map))
+                Ok(UniqueValue(Value::Object(map)))
             }
         }
-        deserializer.deserialize_map(Visitor)
+        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -13,7 +13,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use crate::config::{AuthConfig, SourceConfig};
 use crate::error::ConfigError;
 use crate::first_message::FirstMessageRule;
-use crate::headers::is_tchar;
+use crate::headers::{credential_header_name, is_tchar};
 use crate::request::Request;
 use crate::verdict::{DenyReason, RequestEdit};
 use cache::CredentialCache;
@@ -40,10 +40,6 @@ struct ApiKey {
     id: String,
     sha256: [u8; 32],
 }
-
-/// Header names that a filter must not take a credential from or write an identity to.
-const RESERVED_HEADERS: &[&str] =
-    &["connection", "upgrade", "host", "content-length", "transfer-encoding", "te", "cookie", "origin"];
 
 impl Auth {
     /// Compiles `auth`; `env` reads the VM's environment (for JWT secrets in `k_env`).
@@ -92,7 +88,7 @@ impl Auth {
             })?;
             api_keys.push(ApiKey { id: key.id.clone(), sha256 });
         }
-        let key_id_header = header_name(&config.key_id_header, "auth.key_id_header")?;
+        let key_id_header = credential_header_name(&config.key_id_header, "auth.key_id_header")?;
         if sources.iter().any(|s| matches!(s, Source::Header { name, .. } if *name == key_id_header)) {
             let problem = "is also a credential source; the identity would overwrite the credential";
             return Err(ConfigError::new("auth.key_id_header", problem));
@@ -161,8 +157,8 @@ impl Auth {
     }
 
     /// Checks the request's credential at `now` (seconds since the Unix epoch). On success, the
-    /// edits that remove any identity header the client sent, remove the credential (with
-    /// `strip`) and forward the verified identity; and, for a JWT with `exp`, the first second
+    /// edits that remove the credential (with `strip`) and forward the verified identity (the
+    /// policy removes every identity header the client sent, [`crate::Policy`]); and, for a JWT with `exp`, the first second
     /// at which it is expired (leeway included).
     pub fn check(&self, request: &Request, now: u64) -> Result<Checked<'_>, DenyReason> {
         // The source present carries the credential; one that is present but invalid is
@@ -179,7 +175,7 @@ impl Auth {
             // The credential is to come in the first message. The extension offer goes: a
             // compressed first message could not be read, nor cut out of the stream (README,
             // "Credentials in the first message").
-            let mut edits = self.unforge(request);
+            let mut edits = Vec::new();
             if request.values("sec-websocket-extensions").next().is_some() {
                 edits.push(RequestEdit::Remove("sec-websocket-extensions"));
             }
@@ -192,7 +188,7 @@ impl Auth {
             Some(Lookup::Found { credential, strip }) => (credential, strip),
         };
         let (identity, expiry) = self.verify(&credential, now)?;
-        let mut edits = self.unforge(request);
+        let mut edits = Vec::new();
         if self.strip {
             edits.push(strip);
         }
@@ -206,12 +202,17 @@ impl Auth {
         self.verify(credential, now).map(|(_, expiry)| expiry)
     }
 
-    /// Removes every identity header wsgate sets (`key_id_header`, `claims_to_headers`) that
-    /// the client sent, so that no copy of the client's own reaches the upstream.
-    pub fn unforge(&self, request: &Request) -> Vec<RequestEdit<'_>> {
-        let forgeable =
-            self.jwt.iter().flat_map(JwtVerifier::identity_headers).chain([self.key_id_header.as_str()]);
-        forgeable.filter(|header| request.values(header).next().is_some()).map(RequestEdit::Remove).collect()
+    /// Every identity header wsgate sets for this `auth` (`key_id_header`, `claims_to_headers`).
+    pub fn identity_headers(&self) -> impl Iterator<Item = &str> {
+        self.jwt.iter().flat_map(JwtVerifier::identity_headers).chain([self.key_id_header.as_str()])
+    }
+
+    /// The query parameter names that carry a credential.
+    pub fn query_names(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|source| match source {
+            Source::Query(name) => Some(name.as_str()),
+            _ => None,
+        })
     }
 
     /// Verifies a credential; returns the identity headers to forward and a JWT's expiry. With
@@ -309,7 +310,7 @@ fn compile_source(source: &SourceConfig, field: &str) -> Result<Source, ConfigEr
         }
         (_, Some(name), _, _) => Source::Cookie(token(name, "cookie")?),
         (_, _, Some(name), _) => {
-            let name = header_name(name, &format!("{field}.header"))?;
+            let name = credential_header_name(name, &format!("{field}.header"))?;
             let prefix = source.prefix.clone().unwrap_or_default();
             if !prefix.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
                 return Err(ConfigError::new(format!("{field}.prefix"), "is not visible ASCII"));
@@ -319,18 +320,6 @@ fn compile_source(source: &SourceConfig, field: &str) -> Result<Source, ConfigEr
         (_, _, _, Some(prefix)) => Source::Subprotocol(token(prefix, "subprotocol")?),
         (None, None, None, None) => return Err(ConfigError::new(field, "names no source")),
     })
-}
-
-/// A lower-cased header name that may carry a credential or an identity.
-fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let lower = name.to_ascii_lowercase();
-    if lower.is_empty() || !lower.bytes().all(is_tchar) {
-        return Err(ConfigError::new(field, format!("{name:?} is not a header name")));
-    }
-    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("sec-websocket-") {
-        return Err(ConfigError::new(field, format!("{name:?} is a header that Envoy or WebSockets need")));
-    }
-    Ok(lower)
 }
 
 fn decode_sha256(hex: &str) -> Option<[u8; 32]> {

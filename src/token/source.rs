@@ -3,6 +3,7 @@
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 
+use crate::headers::header_key;
 use crate::request::Request;
 use crate::verdict::RequestEdit;
 
@@ -56,8 +57,34 @@ fn split_once(bytes: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
     Some((bytes.get(..at)?, bytes.get(at + 1..)?))
 }
 
+/// A parameter or cookie name as the most lenient parsers read it: trimmed, lower-cased
+/// (ASP.NET), and with `.`, ` ` and `[` as `_` (PHP). Two names with the same loose form are
+/// one name to some upstream.
+fn loose_name(name: &[u8]) -> Vec<u8> {
+    name.trim_ascii()
+        .iter()
+        .map(|&b| match b.to_ascii_lowercase() {
+            b'.' | b' ' | b'[' => b'_',
+            lower => lower,
+        })
+        .collect()
+}
+
+/// How many `name=value` items of `items` have a name (form-decoded) that some parser reads as
+/// `name`.
+fn readings_of<'a>(items: impl Iterator<Item = &'a [u8]>, name: &str) -> usize {
+    let wanted = loose_name(name.as_bytes());
+    items
+        .filter(|item| item.contains(&b'='))
+        .filter_map(|item| form_urlencoded::parse(item.trim_ascii()).next())
+        .filter(|(key, _)| loose_name(key.as_bytes()) == wanted)
+        .count()
+}
+
 /// `application/x-www-form-urlencoded` parameters, names compared after decoding, exactly. The
-/// other parameters are written back byte for byte, in order.
+/// other parameters are written back byte for byte, in order. A name that another parser reads
+/// as this one (`ACCESS_TOKEN`, `access.token`, `access%5Ftoken`, or after a `;`, which some
+/// take for `&`) counts as the credential too ([`one`]).
 fn query(path: &[u8], name: &str) -> Lookup<'static> {
     let Some((before, query)) = split_once(path, b'?') else {
         return Lookup::Absent;
@@ -70,19 +97,51 @@ fn query(path: &[u8], name: &str) -> Lookup<'static> {
             _ => kept.push(pair),
         }
     }
+    let readings = readings_of(query.split(|&b| b == b'&' || b == b';'), name);
     let mut new_path = before.to_vec();
     if kept.iter().any(|pair| !pair.is_empty()) {
         new_path.push(b'?');
         new_path.extend_from_slice(&kept.join(&b'&'));
     }
-    one(found, RequestEdit::Set(":path", new_path))
+    one(found, readings, RequestEdit::Set(":path", new_path))
+}
+
+/// `path` without any query parameter that some parser reads as one of `names`: what Envoy's
+/// access log may show of a refused request.
+pub fn without_query_credentials<'n>(
+    path: &[u8],
+    names: impl Iterator<Item = &'n str> + Clone,
+) -> Option<Vec<u8>> {
+    let (before, query) = split_once(path, b'?')?;
+    let pairs: Vec<&[u8]> = query.split(|&b| b == b'&' || b == b';').collect();
+    let kept: Vec<&[u8]> = pairs
+        .iter()
+        .copied()
+        .filter(|pair| names.clone().all(|name| readings_of([*pair].into_iter(), name) == 0))
+        .collect();
+    if kept.len() == pairs.len() {
+        return None;
+    }
+    let mut new_path = before.to_vec();
+    if kept.iter().any(|pair| !pair.is_empty()) {
+        new_path.push(b'?');
+        new_path.extend_from_slice(&kept.join(&b'&'));
+    }
+    Some(new_path)
 }
 
 /// RFC 6265 section 4.2.1 pairs over every `Cookie` line (Envoy keeps the lines apart), each
-/// split on its first `=`, names compared exactly. A value in double quotes is unquoted.
+/// split on its first `=`, names compared exactly. A value in double quotes is unquoted. A name
+/// that another parser reads as this one counts as the credential too ([`one`]): after a `,`
+/// (RFC 2109) or whitespace inside a pair (`a=1 ws_token=x`), in another case, encoded, or with
+/// `.` for `_` (PHP).
 fn cookie(request: &Request, name: &str) -> Lookup<'static> {
     let mut found = Vec::new();
     let mut lines = Vec::new();
+    let items = request
+        .values("cookie")
+        .flat_map(|line| line.split(|&b| b == b';' || b == b',' || b.is_ascii_whitespace()));
+    let readings = readings_of(items, name);
     for line in request.values("cookie") {
         let mut kept: Vec<&[u8]> = Vec::new();
         for pair in line.split(|&b| b == b';').map(<[u8]>::trim_ascii).filter(|p| !p.is_empty()) {
@@ -99,16 +158,22 @@ fn cookie(request: &Request, name: &str) -> Lookup<'static> {
             lines.push(kept.join(b"; ".as_slice()));
         }
     }
-    one(found, RequestEdit::Lines("cookie", lines))
+    one(found, readings, RequestEdit::Lines("cookie", lines))
 }
 
 /// A header present on exactly one line, whose value starts with `prefix` (case-insensitively,
-/// as an authentication scheme is, RFC 9110 section 11.1).
+/// as an authentication scheme is, RFC 9110 section 11.1). A header whose name is this one with
+/// `_` for `-` (`x_api_key`) counts as another line of it: CGI-style upstreams read it so.
 fn header<'s>(request: &Request, name: &'s str, prefix: &str) -> Lookup<'s> {
     let values: Vec<&[u8]> = request.values(name).collect();
+    let look_alikes =
+        request.names().filter(|n| !n.eq_ignore_ascii_case(name) && header_key(n) == name).count();
     let [value] = values.as_slice() else {
-        return if values.is_empty() { Lookup::Absent } else { Lookup::Duplicated };
+        return if values.is_empty() && look_alikes == 0 { Lookup::Absent } else { Lookup::Duplicated };
     };
+    if look_alikes > 0 {
+        return Lookup::Duplicated;
+    }
     let value = value.trim_ascii();
     match value.get(..prefix.len()) {
         Some(start) if start.eq_ignore_ascii_case(prefix.as_bytes()) => {
@@ -146,11 +211,15 @@ fn subprotocol(request: &Request, prefix: &str) -> Lookup<'static> {
     }
 }
 
-/// The single credential found, or why there is not exactly one.
-fn one(mut found: Vec<Vec<u8>>, strip: RequestEdit<'static>) -> Lookup<'static> {
-    match found.len() {
-        0 => Lookup::Absent,
-        1 => Lookup::Found { credential: found.pop().unwrap_or_default(), strip },
+/// The single credential found, or why there is not exactly one. `readings` counts the items
+/// that some parser reads as the credential, the ones `found` included: more than one is a
+/// duplicate, whichever is valid; one that only another parser reads so is no credential here
+/// and would be one there, so it is refused too (malformed).
+fn one(mut found: Vec<Vec<u8>>, readings: usize, strip: RequestEdit<'static>) -> Lookup<'static> {
+    match (found.len(), readings) {
+        (0, 0) => Lookup::Absent,
+        (0, 1) => Lookup::Malformed,
+        (1, 0 | 1) => Lookup::Found { credential: found.pop().unwrap_or_default(), strip },
         _ => Lookup::Duplicated,
     }
 }
@@ -192,8 +261,31 @@ mod tests {
 
     #[test]
     fn query_names_are_compared_exactly_after_decoding() {
-        assert_eq!(in_query("/ws?xtoken=abc&tokenx=d&Token=e"), Lookup::Absent);
+        assert_eq!(in_query("/ws?xtoken=abc&tokenx=d"), Lookup::Absent);
         assert_eq!(in_query("/ws?to%6Ben=abc"), found("abc", path("/ws")));
+    }
+
+    #[test]
+    fn a_query_name_that_another_parser_reads_as_the_credential_is_refused() {
+        // ASP.NET folds case; PHP reads `.`, ` ` and `[` as `_`; some frameworks split on `;`.
+        let lookup = |target: &str| lookup(Source::Query("access_token".into()), &[(":path", target)]);
+        for look_alike in [
+            "ACCESS_TOKEN=x",
+            "access.token=x",
+            "access+token=x",
+            "access%20token=x",
+            "access[token=x",
+            "y=1;access_token=x",
+        ] {
+            assert_eq!(
+                lookup(&format!("/ws?access_token=v&{look_alike}")),
+                Lookup::Duplicated,
+                "{look_alike}"
+            );
+            assert_eq!(lookup(&format!("/ws?{look_alike}")), Lookup::Malformed, "{look_alike} alone");
+        }
+        // An escape is decoded before names are compared: this one is the credential itself.
+        assert_eq!(lookup("/ws?access_token=v&access%5Ftoken=x"), Lookup::Duplicated);
     }
 
     #[test]
@@ -241,8 +333,22 @@ mod tests {
 
     #[test]
     fn cookie_names_are_compared_exactly_and_quoted_values_unquoted() {
-        assert_eq!(in_cookies(&["ws_tokenx=1; xws_token=2; WS_TOKEN=3"]), Lookup::Absent);
+        assert_eq!(in_cookies(&["ws_tokenx=1; xws_token=2"]), Lookup::Absent);
         assert_eq!(in_cookies(&["ws_token=\"abc\""]), found("abc", cookies(&[])));
+    }
+
+    #[test]
+    fn a_cookie_name_that_another_parser_reads_as_the_credential_is_refused() {
+        for line in [
+            "ws_token=v; a=1 ws_token=x",
+            "ws_token=v, ws_token=x",
+            "ws_token=v; WS_TOKEN=x",
+            "ws_token=v; ws.token=x",
+            "ws_token=v; ws%5Ftoken=x",
+        ] {
+            assert_eq!(in_cookies(&[line]), Lookup::Duplicated, "{line}");
+        }
+        assert_eq!(in_cookies(&["a=1 ws_token=x"]), Lookup::Malformed);
     }
 
     #[test]
@@ -271,6 +377,14 @@ mod tests {
     fn a_header_without_its_prefix_is_malformed_not_absent() {
         assert_eq!(in_header(&[("authorization", "Basic abc")]), Lookup::Malformed);
         assert_eq!(in_header(&[("authorization", "Bearer ")]), Lookup::Malformed);
+    }
+
+    #[test]
+    fn a_header_with_underscores_for_dashes_counts_as_another_line() {
+        let source = || Source::Header { name: "x-api-key".into(), prefix: String::new() };
+        assert_eq!(lookup(source(), &[("x-api-key", "k"), ("x_api_key", "x")]), Lookup::Duplicated);
+        assert_eq!(lookup(source(), &[("x_api_key", "x")]), Lookup::Duplicated);
+        assert_eq!(lookup(source(), &[("x-api-key", "k")]), found("k", RequestEdit::Remove("x-api-key")));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A fresh scratch folder for one Envoy's config and log.
-fn scratch_dir() -> PathBuf {
+pub fn scratch_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("wsgate-e2e-{}-{n}", std::process::id()));
@@ -69,9 +69,30 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The connection-manager settings that the configs under `envoy/` ship (README, "What wsgate
+/// assumes about the upstream"), as YAML lines of a listener's `typed_config`.
+pub const HARDENED: &str = r#"
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT
+          strip_trailing_host_dot: true
+          common_http_protocol_options: {headers_with_underscores_action: REJECT_REQUEST}"#;
+
 /// The YAML of one HTTP listener with wsgate (plugin config `plugin_json`) before the router,
 /// over TLS if `tls` is given. `/envoy-404` is answered by Envoy itself.
 pub fn listener_yaml(name: &str, port: u16, plugin_json: &str, tls: Option<&TlsFiles>) -> String {
+    listener_yaml_with(name, port, plugin_json, tls, "")
+}
+
+/// [`listener_yaml`] with further connection-manager settings (YAML lines of its
+/// `typed_config`, such as [`HARDENED`] or an access log).
+pub fn listener_yaml_with(
+    name: &str,
+    port: u16,
+    plugin_json: &str,
+    tls: Option<&TlsFiles>,
+    connection_manager: &str,
+) -> String {
     let value = serde_json::to_string(plugin_json).unwrap();
     let transport = match tls {
         None => String::new(),
@@ -98,7 +119,7 @@ pub fn listener_yaml(name: &str, port: u16, plugin_json: &str, tls: Option<&TlsF
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
+          stat_prefix: {name}{connection_manager}
           codec_type: AUTO
           upgrade_configs: [{{upgrade_type: websocket}}]
           http2_protocol_options: {{allow_connect: true}}
@@ -370,6 +391,20 @@ impl Gate {
         listeners: &[(&str, Transport)],
         clusters: &[(&str, SocketAddr)],
     ) -> Gate {
+        Gate::start_with(listeners, clusters, "").await
+    }
+
+    /// Like [`Gate::start`], with further connection-manager settings on every listener.
+    pub async fn start_with_connection_manager(plugin_configs: &[&str], connection_manager: &str) -> Gate {
+        let listeners: Vec<_> = plugin_configs.iter().map(|config| (*config, Transport::Plaintext)).collect();
+        Gate::start_with(&listeners, &[], connection_manager).await
+    }
+
+    async fn start_with(
+        listeners: &[(&str, Transport)],
+        clusters: &[(&str, SocketAddr)],
+        connection_manager: &str,
+    ) -> Gate {
         let upstream = Recorder::default();
         let upstream_addr = wsgate_echo::start("127.0.0.1:0", upstream.clone()).await.unwrap();
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
@@ -382,7 +417,7 @@ impl Gate {
             .enumerate()
             .map(|(i, (config, transport))| {
                 let tls = (*transport == Transport::Tls).then_some(&files);
-                listener_yaml(&format!("listener_{i}"), 0, config, tls)
+                listener_yaml_with(&format!("listener_{i}"), 0, config, tls, connection_manager)
             })
             .collect();
         let mut envoy = Envoy::start(&bootstrap_yaml_with(&yaml, upstream_addr, clusters, 0));

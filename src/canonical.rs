@@ -1,0 +1,266 @@
+//! The one canonical view of a request's host and path that a policy is chosen on, and the other
+//! readings of them that common upstreams make.
+//!
+//! An upstream routes on its own reading of the request target: Tomcat drops `;` parameters,
+//! IIS and ASP.NET fold case, most servers decode `%77` to `w`, remove `.` and `..` segments
+//! and merge slashes; Go's and Express's routers do some of these and not others; Envoy's own
+//! virtual hosts let `*.example.com` match any number of labels. A policy chosen on one reading
+//! while the upstream acts on another could be a weaker one. So the policy for an upgrade is
+//! chosen on every reading ([`Readings`]); where they do not all choose the same policy, the
+//! request is refused (`path_ambiguous`, `host_ambiguous`) rather than given any of them.
+
+/// A request's host as a policy is chosen on it: lower-cased, without the port, without one
+/// trailing dot (`Chat.Example.com.:443` is `chat.example.com`). An IPv6 literal keeps its
+/// brackets.
+pub fn host(authority: &[u8]) -> String {
+    let authority = String::from_utf8_lossy(authority).to_ascii_lowercase();
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(ip, _)| format!("[{ip}]")).unwrap_or(authority),
+        None => authority.split(':').next().unwrap_or_default().to_string(),
+    };
+    match host.strip_suffix('.') {
+        Some(stripped) if !stripped.is_empty() => stripped.to_string(),
+        _ => host,
+    }
+}
+
+/// The host as sent, without the port but with a trailing dot: Envoy's virtual hosts (without
+/// `strip_trailing_host_dot`) and some upstreams tell `example.com.` from `example.com`.
+fn host_as_sent(authority: &[u8]) -> String {
+    let authority = String::from_utf8_lossy(authority).to_ascii_lowercase();
+    match authority.strip_prefix('[') {
+        Some(_) => host(authority.as_bytes()),
+        None => authority.split(':').next().unwrap_or_default().to_string(),
+    }
+}
+
+/// Why a request target has no one reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Not a path: it does not start with `/`.
+    NotAPath,
+    /// A byte outside visible ASCII, a `#`, or a `%` not followed by two hexadecimal digits.
+    BadByte,
+}
+
+/// The path of a request target (`:path`, query cut off) in canonical form:
+/// - each segment's `;` parameters removed (`/ws;jsessionid=1` is `/ws`);
+/// - percent-encoded unreserved characters decoded (`/%77s` is `/ws`; RFC 3986 section 6.2.2.2)
+///   and the hex digits of the other escapes upper-cased; `%2F` stays an escape, so it never
+///   becomes a segment boundary here;
+/// - `.` and `..` segments removed (RFC 3986 section 5.2.4), after decoding, so `%2e%2e` is `..`;
+/// - empty segments removed (`//ws/` is `/ws`).
+///
+/// Case is kept: most upstreams tell `/WS` from `/ws`. The other readings are in [`Readings`].
+pub fn path(target: &[u8]) -> Result<String, Malformed> {
+    canonical(cut_query(target), Separators::Slash, true)
+}
+
+/// The part of a request target before `?`; `/` for none at all (Envoy always gives a path,
+/// a request built by hand may not).
+fn cut_query(target: &[u8]) -> &[u8] {
+    match target.split(|&b| b == b'?').next() {
+        None | Some(b"") if target.is_empty() => b"/",
+        path => path.unwrap_or_default(),
+    }
+}
+
+/// Which bytes end a segment.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Separators {
+    /// `/` only.
+    Slash,
+    /// `/`, `\`, `%2F` and `%5C`: servers that decode before they split, or that take `\` for
+    /// `/` (IIS, some Java and Windows servers).
+    AnySlash,
+}
+
+fn canonical(path: &[u8], separators: Separators, cut_parameters: bool) -> Result<String, Malformed> {
+    if !path.starts_with(b"/") {
+        return Err(Malformed::NotAPath);
+    }
+    let decoded = decode(path, separators)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        let segment = match (cut_parameters, segment.split_once(';')) {
+            (true, Some((before, _))) => before,
+            _ => segment,
+        };
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    Ok(format!("/{}", segments.join("/")))
+}
+
+/// Decodes the escapes of unreserved characters (and, with [`Separators::AnySlash`], of `/` and
+/// `\`, and `\` itself, to `/`); upper-cases the hex digits of the others.
+fn decode(path: &[u8], separators: Separators) -> Result<String, Malformed> {
+    let mut out = String::with_capacity(path.len());
+    let mut bytes = path.iter().copied();
+    while let Some(byte) = bytes.next() {
+        if !byte.is_ascii_graphic() || byte == b'#' {
+            return Err(Malformed::BadByte);
+        }
+        match byte {
+            b'%' => {
+                let (high, low) =
+                    (bytes.next().ok_or(Malformed::BadByte)?, bytes.next().ok_or(Malformed::BadByte)?);
+                let value = hex(high).zip(hex(low)).map(|(h, l)| h * 16 + l).ok_or(Malformed::BadByte)?;
+                let decoded = char::from(value);
+                if decoded.is_ascii_alphanumeric() || matches!(decoded, '-' | '.' | '_' | '~') {
+                    out.push(decoded);
+                } else if separators == Separators::AnySlash && matches!(decoded, '/' | '\\') {
+                    out.push('/');
+                } else {
+                    out.push('%');
+                    out.push(char::from(high.to_ascii_uppercase()));
+                    out.push(char::from(low.to_ascii_uppercase()));
+                }
+            }
+            b'\\' if separators == Separators::AnySlash => out.push('/'),
+            other => out.push(char::from(other)),
+        }
+    }
+    Ok(out)
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).and_then(|d| u8::try_from(d).ok())
+}
+
+/// One reading of a request's host and path that some upstream or Envoy route table makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub host: String,
+    pub path: String,
+    /// Paths compared without regard to case (IIS, ASP.NET, case-insensitive file systems).
+    pub fold_case: bool,
+    /// `*.` host entries match any number of labels, as in Envoy's virtual hosts.
+    pub deep_wildcards: bool,
+}
+
+/// Every reading a policy is chosen on for an upgrade; the canonical one first.
+#[derive(Clone, Debug)]
+pub struct Readings(pub Vec<Reading>);
+
+impl Readings {
+    /// The readings of a request's authority and target, or why the target has none: the
+    /// canonical path ([`path`]), the path exactly as sent, with `;` parameters kept, with
+    /// escaped and back slashes as segment boundaries; each with and without case; the host
+    /// with and without a trailing dot; `*.` as one label and as any number of labels.
+    pub fn of(authority: &[u8], target: &[u8]) -> Result<Readings, Malformed> {
+        let raw = cut_query(target);
+        let canonical = canonical(raw, Separators::Slash, true)?;
+        let paths = [
+            canonical.clone(),
+            String::from_utf8_lossy(raw).into_owned(),
+            self::canonical(raw, Separators::Slash, false)?,
+            self::canonical(raw, Separators::AnySlash, true)?,
+            self::canonical(raw, Separators::AnySlash, false)?,
+        ];
+        let hosts = [host(authority), host_as_sent(authority)];
+        let mut readings: Vec<Reading> = Vec::with_capacity(8);
+        for host in &hosts {
+            for path in &paths {
+                for fold_case in [false, true] {
+                    for deep_wildcards in [false, true] {
+                        let reading =
+                            Reading { host: host.clone(), path: path.clone(), fold_case, deep_wildcards };
+                        if !readings.contains(&reading) {
+                            readings.push(reading);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Readings(readings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn canon(target: &str) -> String {
+        path(target.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_kept_upper_case() {
+        assert_eq!(canon("/%77s"), "/ws");
+        assert_eq!(canon("/%7e%2d%5F"), "/~-_");
+        assert_eq!(canon("/ws%2froom"), "/ws%2Froom");
+        assert_eq!(canon("/a%20b"), "/a%20b");
+    }
+
+    #[test]
+    fn dot_segments_go_also_when_encoded() {
+        assert_eq!(canon("/./ws"), "/ws");
+        assert_eq!(canon("/x/../ws"), "/ws");
+        assert_eq!(canon("/x/%2e%2E/ws"), "/ws");
+        assert_eq!(canon("/../../ws"), "/ws");
+    }
+
+    #[test]
+    fn slashes_merge_and_parameters_go_from_every_segment() {
+        assert_eq!(canon("//ws//room/"), "/ws/room");
+        assert_eq!(canon("/ws;x=1"), "/ws");
+        assert_eq!(canon("/ws;x=1/room;y"), "/ws/room");
+        assert_eq!(canon("/;x/ws"), "/ws");
+    }
+
+    #[test]
+    fn the_query_is_not_part_of_the_path() {
+        assert_eq!(canon("/ws?token=a/../b"), "/ws");
+        assert_eq!(canon("/"), "/");
+    }
+
+    #[test]
+    fn targets_that_are_not_paths_or_have_bad_escapes_are_malformed() {
+        assert_eq!(path(b"ws"), Err(Malformed::NotAPath));
+        assert_eq!(path(b"*"), Err(Malformed::NotAPath));
+        assert_eq!(path(b"/ws%"), Err(Malformed::BadByte));
+        assert_eq!(path(b"/ws%2"), Err(Malformed::BadByte));
+        assert_eq!(path(b"/ws%zz"), Err(Malformed::BadByte));
+        assert_eq!(path(b"/w s"), Err(Malformed::BadByte));
+        assert_eq!(path(b"/ws#x"), Err(Malformed::BadByte));
+        assert_eq!(path("/wś".as_bytes()), Err(Malformed::BadByte));
+    }
+
+    #[test]
+    fn hosts_lose_case_port_and_one_trailing_dot() {
+        assert_eq!(host(b"Chat.Example.com.:443"), "chat.example.com");
+        assert_eq!(host(b"chat.example.com"), "chat.example.com");
+        assert_eq!(host(b"[::1]:8080"), "[::1]");
+        assert_eq!(host(b"."), ".");
+        assert_eq!(host(b""), "");
+    }
+
+    #[test]
+    fn the_readings_include_each_way_an_upstream_may_read_the_request() {
+        let readings = Readings::of(b"chat.example.com.", b"/WS;x=1/a%5Cb").unwrap().0;
+        let paths: Vec<&str> = readings.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(readings[0].path, "/WS/a%5Cb");
+        assert_eq!(readings[0].host, "chat.example.com");
+        assert!(!readings[0].fold_case && !readings[0].deep_wildcards);
+        for expected in ["/WS;x=1/a%5Cb", "/WS/a/b", "/WS;x=1/a/b"] {
+            assert!(paths.contains(&expected), "{expected} in {paths:?}");
+        }
+        assert!(readings.iter().any(|r| r.host == "chat.example.com."));
+        assert!(readings.iter().any(|r| r.fold_case) && readings.iter().any(|r| r.deep_wildcards));
+    }
+
+    #[test]
+    fn a_plain_request_has_one_path_and_one_host() {
+        let readings = Readings::of(b"chat.example.com", b"/ws?x=1").unwrap().0;
+        assert!(readings.iter().all(|r| r.path == "/ws" && r.host == "chat.example.com"));
+        assert_eq!(readings.len(), 4);
+    }
+}
