@@ -9,6 +9,26 @@
 //! chosen on every reading ([`Readings`]); where they do not all choose the same policy, the
 //! request is refused (`path_ambiguous`, `host_ambiguous`) rather than given any of them.
 
+/// The connection-manager settings that bring most spellings to one reading before wsgate and
+/// the upstream see them, each with why: `wsgate-check` prints them, the configs under `envoy/`
+/// ship them. wsgate refuses what they leave (case, `;` parameters) on its own.
+pub const CONNECTION_MANAGER_ADVICE: [(&str, &str); 5] = [
+    (
+        "normalize_path: true",
+        "RFC 3986 normalisation: escapes of unreserved characters decoded, `.` and `..` removed",
+    ),
+    ("merge_slashes: true", "`//ws` is `/ws`, as nginx and Go's router read it"),
+    (
+        "path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
+        "`/ws%2Froom` is `/ws/room` to some upstreams and not to others; or REJECT_REQUEST",
+    ),
+    ("strip_trailing_host_dot: true", "`chat.example.com.` is `chat.example.com`"),
+    (
+        "common_http_protocol_options: {headers_with_underscores_action: REJECT_REQUEST}",
+        "`x_wsgate_key_id` is `x-wsgate-key-id` to CGI-style upstreams (WSGI, Rack, PHP)",
+    ),
+];
+
 /// A request's host as a policy is chosen on it: lower-cased, without the port, without one
 /// trailing dot (`Chat.Example.com.:443` is `chat.example.com`). An IPv6 literal keeps its
 /// brackets.

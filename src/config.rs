@@ -155,6 +155,10 @@ pub struct JwtConfig {
     /// The longest token accepted, in bytes. Defaults to 8192.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// The largest RSA modulus accepted, in bits, for inline and fetched keys: 2048 to 8192.
+    /// Defaults to 4096; a bigger key makes every verification with it slower.
+    #[serde(default = "default_max_rsa_bits")]
+    pub max_rsa_bits: usize,
     /// Verified claims forwarded as headers. Defaults to none.
     #[serde(default)]
     pub claims_to_headers: Vec<ClaimHeader>,
@@ -185,6 +189,10 @@ pub struct RemoteJwksConfig {
     /// How long a fetch may take, 100 to 60000 ms. Defaults to 2000.
     #[serde(default = "default_fetch_timeout")]
     pub timeout_ms: u64,
+}
+
+fn default_max_rsa_bits() -> usize {
+    4096
 }
 
 fn default_refresh() -> u64 {

@@ -129,3 +129,17 @@ fn the_checker_says_when_a_handshake_waits_for_its_first_message() {
     assert!(stdout.contains("verdict: admit\n"), "{stdout}");
     let _ = std::fs::remove_file(config);
 }
+
+#[test]
+fn the_checker_advises_the_connection_manager_settings_that_the_demo_config_ships() {
+    let config = write_temp("advice.json", CONFIG);
+    let (code, stdout) = check(&[config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let demo = std::fs::read_to_string(support::repo().join("envoy/envoy.yaml")).unwrap();
+    let advised: Vec<&str> = stdout.lines().filter_map(|line| line.strip_prefix("advice:   ")).collect();
+    assert_eq!(advised.len(), 5, "{stdout}");
+    for line in advised {
+        let setting = line.split("  # ").next().unwrap();
+        assert!(demo.contains(setting), "envoy/envoy.yaml lacks {setting:?}");
+    }
+}

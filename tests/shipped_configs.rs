@@ -213,3 +213,60 @@ fn every_shipped_envoy_config_fails_closed() {
         assert!(!text.contains("FAIL_OPEN") && !text.contains("fail_open"), "{path} can fail open");
     }
 }
+
+const CONNECTION_MANAGER: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// Every mapping below `value` whose `@type` is the HTTP connection manager.
+fn connection_managers(value: &Value) -> Vec<&Value> {
+    let mut typed = Vec::new();
+    find_all(value, "typed_config", &mut typed);
+    typed.into_iter().filter(|config| config["@type"].as_str() == Some(CONNECTION_MANAGER)).collect()
+}
+
+#[test]
+fn every_connection_manager_under_envoy_has_the_path_and_host_hardening() {
+    let shipped = ["envoy/envoy.yaml", "envoy/ecds/envoy.yaml", "envoy/istio/envoyfilter-hardening.yaml"];
+    for path in shipped {
+        let config = yaml(&repo().join(path));
+        let managers = connection_managers(&config);
+        assert!(!managers.is_empty(), "{path}: no connection manager");
+        for manager in managers {
+            assert_eq!(manager["normalize_path"].as_bool(), Some(true), "{path}");
+            assert_eq!(manager["merge_slashes"].as_bool(), Some(true), "{path}");
+            let escaped = manager["path_with_escaped_slashes_action"].as_str();
+            assert!(
+                matches!(escaped, Some("UNESCAPE_AND_REDIRECT" | "REJECT_REQUEST")),
+                "{path}: {escaped:?}"
+            );
+            assert_eq!(manager["strip_trailing_host_dot"].as_bool(), Some(true), "{path}");
+            let underscores =
+                manager["common_http_protocol_options"]["headers_with_underscores_action"].as_str();
+            assert_eq!(underscores, Some("REJECT_REQUEST"), "{path}");
+        }
+    }
+}
+
+#[test]
+fn the_envoy_gateway_client_traffic_policy_states_the_path_and_host_hardening() {
+    let policy = yaml(&repo().join("envoy/envoy-gateway/clienttrafficpolicy.yaml"));
+    assert_eq!(policy["kind"].as_str(), Some("ClientTrafficPolicy"));
+    let spec = &policy["spec"];
+    assert!(matches!(
+        spec["path"]["escapedSlashesAction"].as_str(),
+        Some("UnescapeAndRedirect" | "RejectRequest")
+    ));
+    assert_eq!(spec["path"]["disableMergeSlashes"].as_bool(), Some(false));
+    assert_eq!(spec["headers"]["withUnderscoresAction"].as_str(), Some("RejectRequest"));
+    assert_eq!(spec["headers"]["host"]["stripTrailingHostDot"].as_bool(), Some(true));
+}
+
+#[test]
+fn the_end_to_end_tests_use_the_shipped_hardening() {
+    let demo = yaml(&demo());
+    let shipped = connection_managers(&demo)[0];
+    let tested: Value = serde_yaml::from_str(support::HARDENED).unwrap();
+    for (key, value) in tested.as_mapping().unwrap() {
+        assert_eq!(&shipped[key.as_str().unwrap()], value, "{key:?}");
+    }
+}

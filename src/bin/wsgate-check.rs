@@ -90,6 +90,10 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     for warning in policy.warnings() {
         println!("warning: {warning}");
     }
+    println!("advice: on every HTTP connection manager that runs wsgate (README, \"What wsgate assumes about the upstream\"):");
+    for (setting, why) in wsgate::canonical::CONNECTION_MANAGER_ADVICE {
+        println!("advice:   {setting}  # {why}");
+    }
     if let Some(handshake) = handshake {
         if handshake.url.is_empty() {
             return Err("--origin, --header and --now go with --url".to_string());

@@ -118,17 +118,23 @@ struct Members {
 
 /// The smallest RSA modulus accepted, in bits (NIST SP 800-131A).
 const RSA_MIN_BITS: usize = 2048;
-/// The largest: bigger keys only cost time on every request.
-const RSA_MAX_BITS: usize = 8192;
+/// The largest `max_rsa_bits` may allow: bigger keys only cost time on every request.
+pub const RSA_MAX_BITS: usize = 8192;
+/// The smallest `max_rsa_bits` may be.
+pub const RSA_MIN_MAX_BITS: usize = RSA_MIN_BITS;
+/// How many keys may fit a token that names none (`kid`): each is tried in turn, so an
+/// anonymous client could make every handshake cost that many verifications.
+pub const MAX_KEYS_WITHOUT_KID: usize = 4;
 /// The shortest HMAC secret accepted: the output size of SHA-256 (RFC 7518 section 3.2).
 const HMAC_MIN_BYTES: usize = 32;
 
 impl Jwk {
-    /// Parses one JWK of the configured set. `allowed` are the configured algorithms; `env`
-    /// reads the VM's environment, for `k_env`.
+    /// Parses one JWK of the configured set. `allowed` are the configured algorithms, RSA moduli
+    /// are at most `max_rsa_bits`; `env` reads the VM's environment, for `k_env`.
     pub fn compile(
         value: &serde_json::Value,
         allowed: &[Algorithm],
+        max_rsa_bits: usize,
         field: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Jwk, ConfigError> {
@@ -169,10 +175,12 @@ impl Jwk {
                 let e =
                     rsa::BoxedUint::from_be_slice(&e, 64).map_err(|_| err("e", "is too long".to_string()))?;
                 let key =
-                    rsa::PublicKey::new_with_size_limits(n, e, RSA_MIN_BITS..=RSA_MAX_BITS).map_err(|e| {
+                    rsa::PublicKey::new_with_size_limits(n, e, RSA_MIN_BITS..=max_rsa_bits).map_err(|e| {
                         err(
                             "n",
-                            format!("is not an RSA public key of {RSA_MIN_BITS} to {RSA_MAX_BITS} bits: {e}"),
+                            format!(
+                                "is not an RSA public key of {RSA_MIN_BITS} to {max_rsa_bits} bits (max_rsa_bits): {e}"
+                            ),
                         )
                     })?;
                 Material::Rsa(key)

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::config::JwtConfig;
 use crate::error::ConfigError;
 use crate::headers::credential_header_name;
-use crate::token::jwk::{Algorithm, Jwk, ALGORITHMS};
+use crate::token::jwk::{Algorithm, Jwk, ALGORITHMS, MAX_KEYS_WITHOUT_KID, RSA_MAX_BITS, RSA_MIN_MAX_BITS};
 use crate::token::remote::RemoteJwks;
 use crate::verdict::DenyReason;
 
@@ -72,14 +72,17 @@ impl JwtVerifier {
         let mut keys: Vec<Jwk> = Vec::new();
         for (index, key) in inline.iter().enumerate() {
             let field = format!("{FIELD}.jwks.keys[{index}]");
-            let jwk = Jwk::compile(key, &algorithms, &field, env)?;
+            let jwk = Jwk::compile(key, &algorithms, config.max_rsa_bits, &field, env)?;
             if jwk.kid.is_some() && keys.iter().any(|k| k.kid == jwk.kid) {
                 return Err(ConfigError::new(format!("{field}.kid"), "is used by an earlier key"));
             }
             keys.push(jwk);
         }
         let remote = match &config.remote_jwks {
-            Some(remote) => Some(RemoteJwks::compile(remote, &format!("{FIELD}.remote_jwks"))?),
+            Some(remote) => Some(
+                RemoteJwks::compile(remote, &format!("{FIELD}.remote_jwks"))?
+                    .with_max_rsa_bits(config.max_rsa_bits),
+            ),
             None => None,
         };
         if config.issuers.is_empty() {
@@ -95,6 +98,10 @@ impl JwtVerifier {
         if config.leeway_seconds > MAX_LEEWAY {
             let problem = format!("{} is more than {MAX_LEEWAY} seconds", config.leeway_seconds);
             return Err(ConfigError::new(format!("{FIELD}.leeway_seconds"), problem));
+        }
+        if !(RSA_MIN_MAX_BITS..=RSA_MAX_BITS).contains(&config.max_rsa_bits) {
+            let problem = format!("{} is not {RSA_MIN_MAX_BITS} to {RSA_MAX_BITS}", config.max_rsa_bits);
+            return Err(ConfigError::new(format!("{FIELD}.max_rsa_bits"), problem));
         }
         if config.max_token_bytes < 16 {
             return Err(ConfigError::new(format!("{FIELD}.max_token_bytes"), "is too small for any token"));
@@ -195,6 +202,10 @@ impl JwtVerifier {
                 // The issuer may have rotated its keys: fetch the set again, soon.
                 remote.unknown_kid(now);
             }
+            return Err(DenyReason::TokenUnknownKey);
+        }
+        // Without a `kid`, every key that fits is tried: a few, not as many as the set holds.
+        if kid.is_none() && candidates.len() > MAX_KEYS_WITHOUT_KID {
             return Err(DenyReason::TokenUnknownKey);
         }
         if !candidates.iter().any(|key| key.verify(alg, input, &signature)) {
@@ -396,6 +407,7 @@ mod tests {
             leeway_seconds: 60,
             require_exp: true,
             max_token_bytes: 8192,
+            max_rsa_bits: 4096,
             claims_to_headers: vec![ClaimHeader { claim: "sub".into(), header: "x-subject".into() }],
             cache: Default::default(),
         };
@@ -531,6 +543,53 @@ mod tests {
         assert_eq!(verifier.verify(&unknown, NOW), Err(DenyReason::TokenUnknownKey));
         let right = token(r#"{"alg": "HS256", "kid": "h1"}"#, &claims_with(""));
         assert!(verifier.verify(&right, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_token_without_kid_is_refused_when_more_than_a_few_keys_fit_it() {
+        // The signing secret last, so that every other key is tried before it.
+        let mut keys: Vec<Value> = (0..MAX_KEYS_WITHOUT_KID)
+            .map(|i| serde_json::json!({"kty": "oct", "kid": format!("other-{i}"), "k": b64(&[b'x'; 32])}))
+            .collect();
+        keys.push(hmac_key());
+        let many = verifier(&["HS256"], keys);
+        let anonymous = token(r#"{"alg": "HS256"}"#, &claims_with(""));
+        assert_eq!(many.verify(&anonymous, NOW), Err(DenyReason::TokenUnknownKey));
+        let named = token(r#"{"alg": "HS256", "kid": "h1"}"#, &claims_with(""));
+        assert!(many.verify(&named, NOW).is_ok());
+        // With a few keys, a token without kid is still tried against each.
+        let few =
+            verifier(&["HS256"], vec![serde_json::json!({"kty": "oct", "k": b64(&[b'x'; 32])}), hmac_key()]);
+        assert!(few.verify(&anonymous, NOW).is_ok());
+    }
+
+    #[test]
+    fn rsa_keys_over_max_rsa_bits_are_refused_at_load() {
+        // An odd modulus of 4104 bits: past the default of 4096, within 8192.
+        let mut modulus = vec![0u8; 513];
+        modulus[0] = 0x80;
+        modulus[512] = 0x01;
+        let key = serde_json::json!({"kty": "RSA", "n": b64(&modulus), "e": "AQAB"});
+        let mut config = JwtConfig {
+            algorithms: vec!["RS256".into()],
+            jwks: Some(JwksConfig { keys: vec![key] }),
+            remote_jwks: None,
+            issuers: vec!["i".into()],
+            audiences: vec!["a".into()],
+            leeway_seconds: 60,
+            require_exp: true,
+            max_token_bytes: 8192,
+            max_rsa_bits: 4096,
+            claims_to_headers: vec![],
+            cache: Default::default(),
+        };
+        let error = JwtVerifier::compile(&config, &|_| None).unwrap_err();
+        assert_eq!(error.field, "auth.jwt.jwks.keys[0].n", "{error}");
+        assert!(error.problem.contains("max_rsa_bits"), "{error}");
+        config.max_rsa_bits = 8192;
+        assert!(JwtVerifier::compile(&config, &|_| None).is_ok());
+        config.max_rsa_bits = 16384;
+        assert_eq!(JwtVerifier::compile(&config, &|_| None).unwrap_err().field, "auth.jwt.max_rsa_bits");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct RemoteJwks {
     refresh: u64,
     retry: u64,
     timeout: Duration,
+    /// The largest RSA modulus a fetched key may have (`auth.jwt.max_rsa_bits`).
+    max_rsa_bits: usize,
     state: RefCell<State>,
 }
 
@@ -119,8 +121,14 @@ impl RemoteJwks {
             refresh: config.refresh_seconds,
             retry: config.retry_seconds,
             timeout: Duration::from_millis(config.timeout_ms),
+            max_rsa_bits: crate::token::jwk::RSA_MAX_BITS,
             state: RefCell::new(State::default()),
         })
+    }
+
+    /// The same, taking RSA keys of at most `bits` from a fetched set.
+    pub fn with_max_rsa_bits(self, bits: usize) -> RemoteJwks {
+        RemoteJwks { max_rsa_bits: bits, ..self }
     }
 
     /// The keys of the last good set, or `None` before the first one.
@@ -169,7 +177,7 @@ impl RemoteJwks {
         algorithms: &[Algorithm],
     ) -> FetchOutcome {
         let outcome = match status {
-            Some(200) => match parse_set(body, algorithms) {
+            Some(200) => match parse_set(body, algorithms, self.max_rsa_bits) {
                 Ok((keys, skipped)) => {
                     let count = keys.len();
                     if let Ok(mut state) = self.state.try_borrow_mut() {
@@ -217,7 +225,11 @@ fn not_for_us(key: &Value, algorithms: &[Algorithm]) -> Option<&'static str> {
 
 /// Parses and checks a fetched JWK Set like an inline one, after skipping the keys that are not
 /// for wsgate. The set is refused whole if any other key is broken, or if no key is left.
-fn parse_set(body: &[u8], algorithms: &[Algorithm]) -> Result<(Vec<Jwk>, usize), String> {
+fn parse_set(
+    body: &[u8],
+    algorithms: &[Algorithm],
+    max_rsa_bits: usize,
+) -> Result<(Vec<Jwk>, usize), String> {
     if body.len() > MAX_BODY_BYTES {
         return Err(format!("the set is {} bytes, more than {MAX_BODY_BYTES}", body.len()));
     }
@@ -231,8 +243,8 @@ fn parse_set(body: &[u8], algorithms: &[Algorithm]) -> Result<(Vec<Jwk>, usize),
             continue;
         }
         let no_env = |_: &str| None;
-        let jwk =
-            Jwk::compile(key, algorithms, &format!("keys[{index}]"), &no_env).map_err(|e| e.to_string())?;
+        let jwk = Jwk::compile(key, algorithms, max_rsa_bits, &format!("keys[{index}]"), &no_env)
+            .map_err(|e| e.to_string())?;
         if jwk.kid.is_some() && keys.iter().any(|k| k.kid == jwk.kid) {
             return Err(format!("keys[{index}].kid: is used by an earlier key"));
         }
