@@ -124,7 +124,8 @@ fn every_name_a_parser_reads_as_the_credential_counts_as_it() {
     let policy = policy();
     let valid = format!("/ws?access_token={KEY}");
     // (path, extra header lines, the parser that reads the extra name as the credential)
-    let rows: [(String, Vec<(&str, String)>, &str); 9] = [
+    type Row<'a> = (String, Vec<(&'a str, String)>, &'a str);
+    let rows: [Row<'_>; 9] = [
         (format!("{valid}&ACCESS_TOKEN=x"), vec![], "ASP.NET (case-insensitive)"),
         (format!("{valid}&access.token=x"), vec![], "PHP (`.` as `_`)"),
         (format!("{valid}&access%20token=x"), vec![], "PHP (` ` as `_`)"),
