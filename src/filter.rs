@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -12,6 +12,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::first_message::{Awaiting, Step};
 use crate::headers::Response;
+use crate::logs::{LogLimiter, LINES_PER_SECOND};
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
 use crate::request::Request;
 use crate::sockets::{Close, OpenSockets};
@@ -28,6 +29,7 @@ proxy_wasm::main! {{
             counters: Rc::new(Counters::default()),
             fetches: Vec::new(),
             sockets: Rc::default(),
+            logs: Rc::default(),
         })
     });
 }}
@@ -43,6 +45,8 @@ struct Root {
     fetches: Vec<(u32, usize)>,
     /// Admitted sockets that must close at a set time, shared with the streams.
     sockets: Rc<RefCell<OpenSockets>>,
+    /// How many refusal lines this VM may write, shared with the streams.
+    logs: Rc<LogLimiter>,
 }
 
 fn seconds(time: SystemTime) -> u64 {
@@ -136,7 +140,7 @@ impl RootContext for Root {
                 self.counters = Rc::new(counters);
                 // Answers to the fetches of an earlier configuration are not for this one.
                 self.fetches.clear();
-                self.set_tick_period(policy.tick_period().unwrap_or(Duration::ZERO));
+                self.set_tick_period(policy.tick_period());
                 self.policy = Some(Rc::new(policy));
                 true
             }
@@ -170,9 +174,16 @@ impl RootContext for Root {
             let reset =
                 hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok();
             if let (true, Some(counter)) = (reset, Counter::for_close(reason)) {
-                log::warn!("admitted socket closed: reason={}", reason.as_str());
+                if let Some(line) =
+                    self.logs.admit(format!("admitted socket closed: reason={}", reason.as_str()), now)
+                {
+                    log::warn!("{line}");
+                }
                 self.counters.add(counter, 1);
             }
+        }
+        if let Some(left_out) = self.logs.take_left_out(now) {
+            log::warn!("{left_out} refusal lines left out (at most {LINES_PER_SECOND} a second); the counters have them all");
         }
         let _ = hostcalls::set_effective_context(self.id);
     }
@@ -181,6 +192,7 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             id: context_id,
             sockets: Rc::clone(&self.sockets),
+            logs: Rc::clone(&self.logs),
             policy: self.policy.clone(),
             counters: Rc::clone(&self.counters),
             plan: ResponsePlan::default(),
@@ -200,6 +212,7 @@ struct Stream {
     /// The host's id of this stream.
     id: u32,
     sockets: Rc<RefCell<OpenSockets>>,
+    logs: Rc<LogLimiter>,
     policy: Option<Rc<Policy>>,
     counters: Rc<Counters>,
     /// What the core decided about the response, kept from the request callback.
@@ -241,7 +254,10 @@ impl Stream {
     fn refuse(&mut self, awaiting: &Awaiting, reason: DenyReason) {
         self.refused = true;
         self.set_close(None);
-        log::warn!("{}", awaiting.log_line(reason));
+        if let Some(line) = self.logs.admit(awaiting.log_line(reason), milliseconds(self.get_current_time()))
+        {
+            log::warn!("{line}");
+        }
         self.counters.add(Counter::Denied(reason), 1);
     }
 
@@ -306,7 +322,9 @@ impl HttpContext for Stream {
         let (verdict, plan) = decide_and_plan(policy, &request, clock);
         self.plan = plan;
         if let Some(line) = verdict.log_line(&request) {
-            log::warn!("{line}");
+            if let Some(line) = self.logs.admit(line, milliseconds(self.get_current_time())) {
+                log::warn!("{line}");
+            }
         }
         if let Some(counter) = Counter::for_verdict(&verdict) {
             self.counters.add(counter, 1);

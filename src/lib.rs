@@ -30,6 +30,7 @@ pub mod error;
 pub mod first_message;
 pub mod frames;
 pub mod headers;
+pub mod logs;
 pub mod origin;
 pub mod policy;
 pub mod request;

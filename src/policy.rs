@@ -345,16 +345,14 @@ impl Policy {
             .filter_map(|jwt| Some((jwt.remote()?, jwt.algorithms())))
     }
 
-    /// How often the shell's timer must run, if at all: every second when some policy fetches a
-    /// key set or closes admitted sockets, every 100 ms when some policy times out first
-    /// messages (a timeout is given in milliseconds).
-    pub fn tick_period(&self) -> Option<Duration> {
+    /// How often the shell's timer must run: every 100 ms when some policy times out first
+    /// messages (a timeout is given in milliseconds), else every second (key set fetches,
+    /// sockets to close, and the count of refusal lines left out, [`crate::logs`]).
+    pub fn tick_period(&self) -> Duration {
         if self.all_rules().any(|rules| rules.auth.as_ref().and_then(Auth::first_message).is_some()) {
-            Some(Duration::from_millis(100))
-        } else if self.remote_jwks().next().is_some() || self.all_rules().any(Rules::closes_sockets) {
-            Some(Duration::from_secs(1))
+            Duration::from_millis(100)
         } else {
-            None
+            Duration::from_secs(1)
         }
     }
 
@@ -519,10 +517,6 @@ impl Rules {
     /// Unix epoch) must close for it, in milliseconds: only with `close_on_expiry`.
     fn expiry_close(&self, expiry: Option<u64>) -> Option<u64> {
         expiry.filter(|_| self.close_on_expiry).map(|at| at.saturating_mul(1000))
-    }
-
-    fn closes_sockets(&self) -> bool {
-        self.close_on_expiry || self.max_connection_seconds.is_some()
     }
 
     /// Whether the request arrived over TLS, directly or (if trusted) through a load balancer.

@@ -240,3 +240,34 @@ async fn every_reason_a_request_can_cause_moves_its_own_counter_once() {
     assert_eq!(denied, cases.len() as u64, "one counter moved per request");
     assert_eq!(counters.get("allowed"), Some(&0));
 }
+
+#[tokio::test]
+async fn a_flood_of_refusals_is_logged_at_a_bounded_rate_and_counted_exactly() {
+    let gate = Gate::start(&[&config("enforce")]).await;
+    let refusals = 120;
+    let foreign = support::client::raw_upgrade(&[
+        b"connection: upgrade",
+        b"upgrade: websocket",
+        b"origin: https://evil.example",
+    ]);
+    for _ in 0..refusals {
+        assert_eq!(raw(gate.port(), &foreign).await.status, 403);
+    }
+    // The positive control: a refusal after a quiet second is logged again.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(raw(gate.port(), &foreign).await.status, 403);
+    assert_eq!(counters(&gate, "edge")["denied.origin_not_allowed"], refusals + 1);
+    let log = gate.envoy.wsgate_log();
+    let written =
+        log.iter().filter(|line| line.contains("denied upgrade: reason=origin_not_allowed")).count() as u64;
+    assert!(written < refusals / 2, "{written} of {refusals} refusals were logged");
+    let left_out: u64 = log
+        .iter()
+        .filter_map(|line| {
+            line.split("wsgate: ").nth(1)?.split(" refusal lines left out").next()?.parse::<u64>().ok()
+        })
+        .sum();
+    let noted: u64 =
+        log.iter().filter_map(|line| line.split("(and ").nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+    assert_eq!(written + left_out + noted, refusals + 1, "every refusal is written or counted as left out");
+}
