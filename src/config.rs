@@ -307,10 +307,19 @@ pub struct FirstMessageConfig {
     /// removed, and the upstream's first message is the client's second.
     #[serde(default)]
     pub forward: bool,
+    /// The most bytes the upstream may send the client before the credential verified: they
+    /// are held until it has, and past this the socket is closed. 0 to 1048576; defaults to
+    /// 65536.
+    #[serde(default = "default_first_message_upstream_bytes")]
+    pub upstream_max_bytes: usize,
 }
 
 fn default_first_message_timeout() -> u64 {
     5000
+}
+
+fn default_first_message_upstream_bytes() -> usize {
+    65_536
 }
 
 fn default_first_message_bytes() -> usize {

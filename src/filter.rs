@@ -198,6 +198,7 @@ impl RootContext for Root {
             plan: ResponsePlan::default(),
             awaiting: None,
             held: 0,
+            upstream_held: false,
             refused: false,
         }))
     }
@@ -221,6 +222,8 @@ struct Stream {
     awaiting: Option<Awaiting>,
     /// How many of the client's bytes Envoy holds for this filter (all fed to `awaiting`).
     held: usize,
+    /// Envoy holds the upstream's bytes for this filter until the credential has verified.
+    upstream_held: bool,
     /// The socket was refused and reset: nothing more of it goes on.
     refused: bool,
 }
@@ -298,6 +301,10 @@ impl Stream {
                 }
                 self.set_close(close);
                 self.counters.add(Counter::Allowed, 1);
+                if self.upstream_held {
+                    self.upstream_held = false;
+                    self.resume_http_response();
+                }
                 Action::Continue
             }
             Step::Refuse(reason) => {
@@ -396,6 +403,27 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         self.read_first_message(&[], true)
+    }
+
+    /// The upstream's bytes to a socket that waits for its first message: held until the
+    /// credential has verified, within the policy's bound.
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.refused {
+            return Action::Pause;
+        }
+        let Some(awaiting) = self.awaiting.take() else { return Action::Continue };
+        match awaiting.hold_upstream(body_size) {
+            Ok(()) => {
+                self.awaiting = Some(awaiting);
+                self.upstream_held = true;
+                Action::Pause
+            }
+            Err(reason) => {
+                self.refuse(&awaiting, reason);
+                let _ = hostcalls::reset_http_request();
+                Action::Pause
+            }
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -15,6 +15,8 @@ use crate::verdict::{request_fields, DenyReason};
 
 /// The longest `max_bytes`: well inside Envoy's default per-stream buffer limit (1 MiB).
 const MAX_BYTES: usize = 65_536;
+/// The longest `upstream_max_bytes`: Envoy's default per-stream buffer limit (1 MiB).
+const MAX_UPSTREAM_BYTES: usize = 1_048_576;
 
 /// The compiled `first_message` source.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +26,7 @@ pub struct FirstMessageRule {
     kind: Option<(Pointer, String)>,
     timeout_ms: u64,
     max_bytes: usize,
+    upstream_max_bytes: usize,
     forward: bool,
 }
 
@@ -56,11 +59,16 @@ impl FirstMessageRule {
             let problem = format!("{} is not between 64 and {MAX_BYTES}", config.max_bytes);
             return Err(ConfigError::new(format!("{field}.max_bytes"), problem));
         }
+        if config.upstream_max_bytes > MAX_UPSTREAM_BYTES {
+            let problem = format!("{} is more than {MAX_UPSTREAM_BYTES}", config.upstream_max_bytes);
+            return Err(ConfigError::new(format!("{field}.upstream_max_bytes"), problem));
+        }
         Ok(FirstMessageRule {
             token_pointer,
             kind,
             timeout_ms: config.timeout_ms,
             max_bytes: config.max_bytes,
+            upstream_max_bytes: config.upstream_max_bytes,
             forward: config.forward,
         })
     }
@@ -76,6 +84,7 @@ impl FirstMessageRule {
         Awaiting {
             applies,
             reader: FirstMessage::new(self.max_bytes),
+            upstream_max_bytes: self.upstream_max_bytes,
             deadline_ms: now_ms.saturating_add(self.timeout_ms),
             max_age_at,
             context: format!("policy={policy} {}", request_fields(request)),
@@ -122,6 +131,8 @@ pub struct Awaiting {
     /// The policy that admitted the handshake.
     pub(crate) applies: Applies,
     pub(crate) reader: FirstMessage,
+    /// The most bytes from the upstream held for the client until the credential verified.
+    upstream_max_bytes: usize,
     /// When the socket is closed if the message has not verified (milliseconds since the Unix
     /// epoch).
     pub deadline_ms: u64,
@@ -145,6 +156,16 @@ impl Awaiting {
             DenyReason::FirstMessageTimeout
         } else {
             DenyReason::FirstMessageMissing
+        }
+    }
+
+    /// Whether the client may get `held` bytes from the upstream, which are held until the
+    /// credential has verified: nothing from the upstream reaches a client that is not admitted
+    /// yet, and a socket whose upstream sends more than `upstream_max_bytes` first is closed.
+    pub fn hold_upstream(&self, held: usize) -> Result<(), DenyReason> {
+        match held <= self.upstream_max_bytes {
+            true => Ok(()),
+            false => Err(DenyReason::FirstMessageUpstreamTooLarge),
         }
     }
 

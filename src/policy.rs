@@ -613,7 +613,8 @@ impl Rules {
             | DenyReason::FirstMessageMissing
             | DenyReason::FirstMessageTimeout
             | DenyReason::FirstMessageTooLarge
-            | DenyReason::FirstMessageMalformed => Denial {
+            | DenyReason::FirstMessageMalformed
+            | DenyReason::FirstMessageUpstreamTooLarge => Denial {
                 reason,
                 status: self.auth.as_ref().map_or(401, Auth::deny_status),
                 body: UNAUTHORIZED_BODY,

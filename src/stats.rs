@@ -173,6 +173,7 @@ fn reason_index(reason: DenyReason) -> usize {
         DenyReason::FirstMessageMalformed => 21,
         DenyReason::PathAmbiguous => 22,
         DenyReason::HostAmbiguous => 23,
+        DenyReason::FirstMessageUpstreamTooLarge => 24,
     }
 }
 

@@ -126,6 +126,9 @@ pub enum DenyReason {
     NoPolicy,
     /// No policy applies to the request (none matches and there is no `default`).
     NoPolicyMatched,
+    /// The upstream sent more than `first_message.upstream_max_bytes` before the client's
+    /// credential verified.
+    FirstMessageUpstreamTooLarge,
     /// The upgrade's path is not one path: readings that upstreams make of it (case, escapes,
     /// `;` parameters, dot segments, slashes) choose different policies, or it has a bad escape.
     PathAmbiguous,
@@ -169,7 +172,7 @@ const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
     /// Every reason, in a fixed order (stat names are made from it).
-    pub const ALL: [DenyReason; 24] = [
+    pub const ALL: [DenyReason; 25] = [
         DenyReason::OriginNotAllowed,
         DenyReason::OriginMissing,
         DenyReason::OriginNull,
@@ -194,6 +197,7 @@ impl DenyReason {
         DenyReason::FirstMessageMalformed,
         DenyReason::PathAmbiguous,
         DenyReason::HostAmbiguous,
+        DenyReason::FirstMessageUpstreamTooLarge,
     ];
 
     /// The word for this reason in logs (and, later, in stat names).
@@ -223,6 +227,7 @@ impl DenyReason {
             DenyReason::FirstMessageMalformed => "first_message_malformed",
             DenyReason::PathAmbiguous => "path_ambiguous",
             DenyReason::HostAmbiguous => "host_ambiguous",
+            DenyReason::FirstMessageUpstreamTooLarge => "first_message_upstream_too_large",
         }
     }
 }

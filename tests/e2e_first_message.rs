@@ -331,3 +331,34 @@ async fn http2_trailers_on_a_waiting_socket_end_it_and_release_nothing() {
     assert_eq!(stat(&gate, "denied.first_message_missing"), Some(1));
     assert_eq!(stat(&gate, "allowed"), Some(0));
 }
+
+#[tokio::test]
+async fn the_upstreams_first_words_wait_for_the_clients_credential() {
+    let gate = start(json!({})).await;
+    let mut socket = ws_connect(gate.port(), "/greet", &[ALLOWED]).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), socket.next()).await;
+    assert!(early.is_err(), "the upstream's greeting reached a client not yet admitted: {early:?}");
+    socket.send(Message::text(auth_message(&token()))).await.unwrap();
+    let greeting = tokio::time::timeout(Duration::from_secs(3), socket.next()).await.expect("no greeting");
+    assert_eq!(greeting.unwrap().unwrap(), Message::text("welcome"));
+    assert_eq!(ws_echo(&mut socket, "after").await, "after");
+}
+
+#[tokio::test]
+async fn an_upstream_that_sends_more_than_upstream_max_bytes_first_closes_the_socket() {
+    let gate = start(json!({"upstream_max_bytes": 1024})).await;
+    let mut socket = ws_connect(gate.port(), "/greet/big", &[ALLOWED]).await.unwrap();
+    let mut data = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), socket.next())
+            .await
+            .expect("the socket stayed open")
+        {
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => data += 1,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert_eq!(data, 0, "the upstream's bytes reached the client");
+    assert_eq!(stat(&gate, "denied.first_message_upstream_too_large"), Some(1));
+}

@@ -267,7 +267,9 @@ async fn a_flood_of_refusals_is_logged_at_a_bounded_rate_and_counted_exactly() {
             line.split("wsgate: ").nth(1)?.split(" refusal lines left out").next()?.parse::<u64>().ok()
         })
         .sum();
-    let noted: u64 =
-        log.iter().filter_map(|line| line.split("(and ").nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+    let noted: u64 = log
+        .iter()
+        .filter_map(|line| line.split("(and ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .sum();
     assert_eq!(written + left_out + noted, refusals + 1, "every refusal is written or counted as left out");
 }

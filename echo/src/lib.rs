@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// The largest request head the server reads; a longer one is answered with 431.
@@ -197,6 +198,12 @@ async fn echo_websocket(
     recorder.on_socket(index, |seen| seen.bytes += rest.len());
     let counting = Counting { stream, recorder: recorder.clone(), index };
     let mut socket = WebSocketStream::from_partially_read(counting, rest, Role::Server, None).await;
+    // `/greet` speaks first, as a server that sends a welcome does; `/greet/big` sends 100 KiB.
+    match request.path.split('?').next().unwrap_or_default() {
+        "/greet" => socket.send(Message::text("welcome")).await?,
+        "/greet/big" => socket.send(Message::binary(vec![b'w'; 100 * 1024])).await?,
+        _ => {}
+    }
     while let Some(message) = socket.next().await {
         let message = message?;
         if message.is_text() || message.is_binary() {
