@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the core, natively: `decide` on each path and `compile`. `make
+//! Micro-benchmarks of the core, natively: `decide` on each path, `compile`, and the list of
+//! sockets that must close with none and with 10,000 waiting. `make
 //! bench-core`. They measure the Rust code, not Envoy's wasm VM (the `bench/` harness of the
 //! benchmarks issue does that); use them to compare one change with the next.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -9,6 +10,7 @@ use base64ct::{Base64UrlUnpadded, Encoding};
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use wsgate::sockets::{Close, CloseReason, OpenSockets};
 use wsgate::{Policy, Request};
 
 const NOW: u64 = 1_790_000_000;
@@ -106,5 +108,27 @@ fn compile(c: &mut Criterion) {
     c.bench_function("compile", |b| b.iter(|| black_box(Policy::from_json(json.as_bytes()).unwrap())));
 }
 
-criterion_group!(benches, decide, compile);
+/// What every stream's end and every timer tick ask of the list of sockets that must close,
+/// with none waiting and with 10,000: the two lines should be level.
+fn sockets(c: &mut Criterion) {
+    let mut group = c.benchmark_group("sockets");
+    for waiting in [0u32, 10_000] {
+        let mut open = OpenSockets::default();
+        for stream in 0..waiting {
+            let at = NOW * 1000 + 5000 + u64::from(stream);
+            open.admit(stream, Close { at, reason: CloseReason::FirstMessageTimeout });
+        }
+        // An ordinary request's end: its stream was never listed.
+        group.bench_function(format!("stream end, {waiting} waiting"), |b| {
+            b.iter(|| black_box(open.forget(black_box(u32::MAX))))
+        });
+        // A tick at which none is due.
+        group.bench_function(format!("tick, {waiting} waiting"), |b| {
+            b.iter(|| black_box(open.due(NOW * 1000)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decide, compile, sockets);
 criterion_main!(benches);
