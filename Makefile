@@ -18,7 +18,7 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-flo
 NOOP_WASM     := target/wasm32-wasip1/release/wsgate_bench_noop.wasm
 
 CERT          := .run/tls/cert.pem
-FUZZ_TARGETS  := config origin credential_sources jwt decide first_message
+FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canonical
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 

@@ -29,8 +29,8 @@ pub const CONNECTION_MANAGER_ADVICE: [(&str, &str); 5] = [
     ),
 ];
 
-/// A request's host as a policy is chosen on it: lower-cased, without the port, without one
-/// trailing dot (`Chat.Example.com.:443` is `chat.example.com`). An IPv6 literal keeps its
+/// A request's host as a policy is chosen on it: lower-cased, without the port, without
+/// trailing dots (`Chat.Example.com.:443` is `chat.example.com`). An IPv6 literal keeps its
 /// brackets.
 pub fn host(authority: &[u8]) -> String {
     let authority = String::from_utf8_lossy(authority).to_ascii_lowercase();
@@ -38,9 +38,9 @@ pub fn host(authority: &[u8]) -> String {
         Some(rest) => rest.split_once(']').map(|(ip, _)| format!("[{ip}]")).unwrap_or(authority),
         None => authority.split(':').next().unwrap_or_default().to_string(),
     };
-    match host.strip_suffix('.') {
-        Some(stripped) if !stripped.is_empty() => stripped.to_string(),
-        _ => host,
+    match host.trim_end_matches('.') {
+        "" => host,
+        stripped => stripped.to_string(),
     }
 }
 
@@ -260,6 +260,7 @@ mod tests {
         assert_eq!(host(b"chat.example.com"), "chat.example.com");
         assert_eq!(host(b"[::1]:8080"), "[::1]");
         assert_eq!(host(b"."), ".");
+        assert_eq!(host(b"a.."), "a");
         assert_eq!(host(b""), "");
     }
 

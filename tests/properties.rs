@@ -190,3 +190,67 @@ fn rich_policy() -> Policy {
     });
     Policy::from_json(json.to_string().as_bytes()).unwrap()
 }
+
+/// One path segment, spelt as some client or attacker might: escapes of its letters, another
+/// case, `;` parameters.
+fn spelt(segment: &'static str) -> impl Strategy<Value = String> {
+    (prop::collection::vec(any::<(bool, bool)>(), segment.len()), any::<bool>()).prop_map(move |(how, parameter)| {
+        let mut out = String::new();
+        for (c, (escape, upper)) in segment.chars().zip(how) {
+            let c = if upper { c.to_ascii_uppercase() } else { c };
+            if escape {
+                out.push_str(&format!("%{:02x}", c as u32));
+            } else {
+                out.push(c);
+            }
+        }
+        if parameter {
+            out.push_str(";x=1");
+        }
+        out
+    })
+}
+
+/// A path that some upstream reads as `/ws/room`: the segments spelt any way, with `.`, `x/..`
+/// and empty segments put between them.
+fn protected_path() -> impl Strategy<Value = String> {
+    let filler = prop::sample::select(vec!["", ".", "x/..", "", "%2e", "a/%2E%2e"]);
+    (spelt("ws"), spelt("room"), filler.clone(), filler.clone(), filler).prop_map(|(ws, room, a, b, c)| {
+        let mut path = String::from("/");
+        for part in [a, &ws, b, &room, c] {
+            path.push_str(part);
+            path.push('/');
+        }
+        path
+    })
+}
+
+proptest! {
+    #[test]
+    fn the_canonical_path_and_host_are_their_own_canonical_form(target in "[ -~]{0,40}", host in "[ -~]{0,30}") {
+        if let Ok(path) = wsgate::canonical::path(target.as_bytes()) {
+            prop_assert_eq!(wsgate::canonical::path(path.as_bytes()), Ok(path));
+        }
+        let once = wsgate::canonical::host(host.as_bytes());
+        prop_assert_eq!(wsgate::canonical::host(once.as_bytes()), once);
+    }
+
+    #[test]
+    fn no_spelling_of_a_protected_path_gets_the_unprotected_policy(path in protected_path()) {
+        let policy = Policy::from_json(br#"{
+            "policies": [{"match": {"path_prefix": "/ws"}, "allowed_origins": ["https://a.example"],
+                          "auth": {"sources": [{"query": "t"}], "api_keys": [{"id": "k",
+                          "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]}}],
+            "default": {"allowed_origins": ["https://a.example"]}
+        }"#).unwrap();
+        let request = Request::new(vec![
+            (":path".into(), path.clone().into_bytes()),
+            (":authority".into(), b"a.example".to_vec()),
+            ("connection".into(), b"upgrade".to_vec()),
+            ("upgrade".into(), b"websocket".to_vec()),
+            ("origin".into(), b"https://a.example".to_vec()),
+        ]).with_tls(true);
+        let verdict = policy.decide(&request, 1_790_000_000);
+        prop_assert!(matches!(verdict, wsgate::Verdict::Deny(_)), "{} got {:?}", path, verdict);
+    }
+}
