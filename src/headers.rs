@@ -243,7 +243,20 @@ fn check_value(field: &str, value: &str) -> Result<(), ConfigError> {
 /// A header name as the upstreams that are most lenient read it: lower case, and `_` as `-`
 /// (CGI and its heirs, WSGI, Rack, PHP, Django, turn both into the same variable).
 pub fn header_key(name: &str) -> String {
-    name.bytes().map(|b| if b == b'_' { '-' } else { char::from(b.to_ascii_lowercase()) }).collect()
+    name.bytes().map(|b| char::from(key_byte(b))).collect()
+}
+
+/// Whether `name` read as [`header_key`] reads it is `key` (itself a key), without allocating.
+pub fn has_header_key(name: &str, key: &str) -> bool {
+    name.len() == key.len() && name.bytes().zip(key.bytes()).all(|(n, k)| key_byte(n) == k)
+}
+
+fn key_byte(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
 }
 
 /// Headers that Envoy, the connection or a WebSocket need, or that proxies set to say who the

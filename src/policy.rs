@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::config::{Admission, Config, Mode, PolicyConfig};
 use crate::error::ConfigError;
 use crate::first_message::{Awaiting, Step};
-use crate::headers::header_key;
+use crate::headers::{has_header_key, header_key};
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
@@ -232,7 +232,7 @@ impl Policy {
         }
         let mut forged: Vec<String> = request
             .names()
-            .filter(|name| self.identity_headers.binary_search(&header_key(name)).is_ok())
+            .filter(|name| self.identity_headers.iter().any(|key| has_header_key(name, key)))
             .map(str::to_string)
             .collect();
         forged.dedup();

@@ -87,6 +87,9 @@ impl Selector {
     /// choice for an ordinary request, which is not refused whatever its spelling. A target that
     /// is not a path matches only policies without a path prefix.
     pub fn select(&self, request: &Request) -> Option<usize> {
+        if self.scopes.is_empty() {
+            return None;
+        }
         let path = canonical::path(request.path()).unwrap_or_default();
         let reading = Reading {
             host: canonical::host(authority(request)),
@@ -99,6 +102,9 @@ impl Selector {
 
     /// The policy for an upgrade: the same on every reading of its host and path, or refused.
     pub fn select_upgrade(&self, request: &Request) -> Result<Option<usize>, Ambiguity> {
+        if self.scopes.is_empty() {
+            return Ok(None);
+        }
         let readings =
             Readings::of(authority(request), request.path()).map_err(|_: Malformed| Ambiguity::Path)?;
         let mut readings = readings.0.iter();

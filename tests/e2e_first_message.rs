@@ -362,3 +362,19 @@ async fn an_upstream_that_sends_more_than_upstream_max_bytes_first_closes_the_so
     assert_eq!(data, 0, "the upstream's bytes reached the client");
     assert_eq!(stat(&gate, "denied.first_message_upstream_too_large"), Some(1));
 }
+
+#[tokio::test]
+async fn an_auth_message_with_a_second_token_member_in_another_case_closes_the_socket() {
+    let gate = start(json!({"forward": true})).await;
+    let mut socket = open(&gate).await;
+    let two = format!(r#"{{"type":"auth","token":"{}","Token":"forged"}}"#, token());
+    socket.send(Message::text(two)).await.unwrap();
+    assert_closed_with_nothing_upstream(&gate, &mut socket).await;
+    assert_eq!(stat(&gate, "denied.first_message_malformed"), Some(1));
+    // The positive control: the same message without the second member is admitted, and
+    // forwarded (the echo upstream sends it back first).
+    let mut socket = open(&gate).await;
+    let auth = auth_message(&token());
+    socket.send(Message::text(auth.clone())).await.unwrap();
+    assert_eq!(ws_echo(&mut socket, "one").await, auth);
+}

@@ -194,21 +194,23 @@ fn rich_policy() -> Policy {
 /// One path segment, spelt as some client or attacker might: escapes of its letters, another
 /// case, `;` parameters.
 fn spelt(segment: &'static str) -> impl Strategy<Value = String> {
-    (prop::collection::vec(any::<(bool, bool)>(), segment.len()), any::<bool>()).prop_map(move |(how, parameter)| {
-        let mut out = String::new();
-        for (c, (escape, upper)) in segment.chars().zip(how) {
-            let c = if upper { c.to_ascii_uppercase() } else { c };
-            if escape {
-                out.push_str(&format!("%{:02x}", c as u32));
-            } else {
-                out.push(c);
+    (prop::collection::vec(any::<(bool, bool)>(), segment.len()), any::<bool>()).prop_map(
+        move |(how, parameter)| {
+            let mut out = String::new();
+            for (c, (escape, upper)) in segment.chars().zip(how) {
+                let c = if upper { c.to_ascii_uppercase() } else { c };
+                if escape {
+                    out.push_str(&format!("%{:02x}", c as u32));
+                } else {
+                    out.push(c);
+                }
             }
-        }
-        if parameter {
-            out.push_str(";x=1");
-        }
-        out
-    })
+            if parameter {
+                out.push_str(";x=1");
+            }
+            out
+        },
+    )
 }
 
 /// A path that some upstream reads as `/ws/room`: the segments spelt any way, with `.`, `x/..`

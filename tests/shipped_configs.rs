@@ -270,3 +270,18 @@ fn the_end_to_end_tests_use_the_shipped_hardening() {
         assert_eq!(&shipped[key.as_str().unwrap()], value, "{key:?}");
     }
 }
+
+#[test]
+fn envoy_refuses_an_identity_header_that_proxies_set_and_names_the_field() {
+    let config = r#"{"allowed_origins": ["https://app.example.com"], "auth": {"sources": [{"query": "t"}],
+        "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}],
+        "key_id_header": "X-Forwarded-User"}}"#;
+    let listener = listener_yaml("reserved", free_port(), config, None);
+    let output = validate_yaml(&bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "Envoy accepted a reserved identity header:\n{log}");
+    assert!(
+        log.contains(r#"configuration rejected: auth.key_id_header: "X-Forwarded-User" is a header"#),
+        "{log}"
+    );
+}

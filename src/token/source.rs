@@ -3,7 +3,7 @@
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 
-use crate::headers::header_key;
+use crate::headers::has_header_key;
 use crate::request::Request;
 use crate::verdict::RequestEdit;
 
@@ -167,7 +167,7 @@ fn cookie(request: &Request, name: &str) -> Lookup<'static> {
 fn header<'s>(request: &Request, name: &'s str, prefix: &str) -> Lookup<'s> {
     let values: Vec<&[u8]> = request.values(name).collect();
     let look_alikes =
-        request.names().filter(|n| !n.eq_ignore_ascii_case(name) && header_key(n) == name).count();
+        request.names().filter(|n| !n.eq_ignore_ascii_case(name) && has_header_key(n, name)).count();
     let [value] = values.as_slice() else {
         return if values.is_empty() && look_alikes == 0 { Lookup::Absent } else { Lookup::Duplicated };
     };
