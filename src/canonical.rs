@@ -33,24 +33,26 @@ pub const CONNECTION_MANAGER_ADVICE: [(&str, &str); 5] = [
 /// trailing dots (`Chat.Example.com.:443` is `chat.example.com`). An IPv6 literal keeps its
 /// brackets.
 pub fn host(authority: &[u8]) -> String {
-    let authority = String::from_utf8_lossy(authority).to_ascii_lowercase();
-    let host = match authority.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map(|(ip, _)| format!("[{ip}]")).unwrap_or(authority),
-        None => authority.split(':').next().unwrap_or_default().to_string(),
-    };
-    match host.trim_end_matches('.') {
-        "" => host,
+    let sent = host_as_sent(authority);
+    match sent.trim_end_matches('.') {
+        "" => sent,
         stripped => stripped.to_string(),
     }
 }
 
-/// The host as sent, without the port but with a trailing dot: Envoy's virtual hosts (without
-/// `strip_trailing_host_dot`) and some upstreams tell `example.com.` from `example.com`.
+/// The host as sent, lower-cased and without the port but with any trailing dot: Envoy's
+/// virtual hosts (without `strip_trailing_host_dot`) and some upstreams tell `example.com.`
+/// from `example.com`.
 fn host_as_sent(authority: &[u8]) -> String {
     let authority = String::from_utf8_lossy(authority).to_ascii_lowercase();
-    match authority.strip_prefix('[') {
-        Some(_) => host(authority.as_bytes()),
-        None => authority.split(':').next().unwrap_or_default().to_string(),
+    let end = match authority.starts_with('[') {
+        // An IPv6 literal keeps its brackets: [::1]:8080 is [::1].
+        true => authority.find(']').map(|at| at + 1),
+        false => authority.find(':'),
+    };
+    match end.and_then(|end| authority.get(..end)) {
+        Some(host) => host.to_string(),
+        None => authority,
     }
 }
 
@@ -154,51 +156,71 @@ fn hex(digit: u8) -> Option<u8> {
 }
 
 /// One reading of a request's host and path that some upstream or Envoy route table makes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reading {
-    pub host: String,
-    pub path: String,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading<'r> {
+    pub host: &'r str,
+    pub path: &'r str,
     /// Paths compared without regard to case (IIS, ASP.NET, case-insensitive file systems).
     pub fold_case: bool,
     /// `*.` host entries match any number of labels, as in Envoy's virtual hosts.
     pub deep_wildcards: bool,
 }
 
-/// Every reading a policy is chosen on for an upgrade; the canonical one first.
+/// The hosts and paths a policy is chosen on for an upgrade; the canonical ones first.
 #[derive(Clone, Debug)]
-pub struct Readings(pub Vec<Reading>);
+pub struct Readings {
+    hosts: Vec<String>,
+    paths: Vec<String>,
+}
 
 impl Readings {
     /// The readings of a request's authority and target, or why the target has none: the
     /// canonical path ([`path`]), the path exactly as sent, with `;` parameters kept, with
-    /// escaped and back slashes as segment boundaries; each with and without case; the host
-    /// with and without a trailing dot; `*.` as one label and as any number of labels.
+    /// escaped and back slashes as segment boundaries; the host with and without a trailing
+    /// dot.
     pub fn of(authority: &[u8], target: &[u8]) -> Result<Readings, Malformed> {
         let raw = cut_query(target);
-        let canonical = canonical(raw, Separators::Slash, true)?;
-        let paths = [
-            canonical.clone(),
-            String::from_utf8_lossy(raw).into_owned(),
-            self::canonical(raw, Separators::Slash, false)?,
-            self::canonical(raw, Separators::AnySlash, true)?,
-            self::canonical(raw, Separators::AnySlash, false)?,
-        ];
-        let hosts = [host(authority), host_as_sent(authority)];
-        let mut readings: Vec<Reading> = Vec::with_capacity(8);
-        for host in &hosts {
-            for path in &paths {
-                for fold_case in [false, true] {
-                    for deep_wildcards in [false, true] {
-                        let reading =
-                            Reading { host: host.clone(), path: path.clone(), fold_case, deep_wildcards };
-                        if !readings.contains(&reading) {
-                            readings.push(reading);
-                        }
-                    }
+        let mut paths = vec![canonical(raw, Separators::Slash, true)?];
+        for path in [
+            Ok(String::from_utf8_lossy(raw).into_owned()),
+            canonical(raw, Separators::Slash, false),
+            canonical(raw, Separators::AnySlash, true),
+            canonical(raw, Separators::AnySlash, false),
+        ] {
+            let path = path?;
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+        let mut hosts = vec![host(authority)];
+        let sent = host_as_sent(authority);
+        if !hosts.contains(&sent) {
+            hosts.push(sent);
+        }
+        Ok(Readings { hosts, paths })
+    }
+
+    /// The canonical reading.
+    pub fn canonical(&self) -> Reading<'_> {
+        let (host, path) = (self.hosts.first(), self.paths.first());
+        let (host, path) = (host.map_or("", String::as_str), path.map_or("", String::as_str));
+        Reading { host, path, fold_case: false, deep_wildcards: false }
+    }
+
+    /// Every reading: each host with each path, each with and without case, and with `*.` as
+    /// one label and as any number. The canonical reading comes first.
+    pub fn all(&self) -> Vec<Reading<'_>> {
+        let mut all = Vec::with_capacity(self.hosts.len() * self.paths.len() * 4);
+        for host in &self.hosts {
+            for path in &self.paths {
+                for (fold_case, deep_wildcards) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    all.push(Reading { host, path, fold_case, deep_wildcards });
                 }
             }
         }
-        Ok(Readings(readings))
+        all
     }
 }
 
@@ -266,8 +288,9 @@ mod tests {
 
     #[test]
     fn the_readings_include_each_way_an_upstream_may_read_the_request() {
-        let readings = Readings::of(b"chat.example.com.", b"/WS;x=1/a%5Cb").unwrap().0;
-        let paths: Vec<&str> = readings.iter().map(|r| r.path.as_str()).collect();
+        let all = Readings::of(b"chat.example.com.", b"/WS;x=1/a%5Cb").unwrap();
+        let readings = all.all();
+        let paths: Vec<&str> = readings.iter().map(|r| r.path).collect();
         assert_eq!(readings[0].path, "/WS/a%5Cb");
         assert_eq!(readings[0].host, "chat.example.com");
         assert!(!readings[0].fold_case && !readings[0].deep_wildcards);
@@ -280,7 +303,8 @@ mod tests {
 
     #[test]
     fn a_plain_request_has_one_path_and_one_host() {
-        let readings = Readings::of(b"chat.example.com", b"/ws?x=1").unwrap().0;
+        let all = Readings::of(b"chat.example.com", b"/ws?x=1").unwrap();
+        let readings = all.all();
         assert!(readings.iter().all(|r| r.path == "/ws" && r.host == "chat.example.com"));
         assert_eq!(readings.len(), 4);
     }

@@ -183,7 +183,9 @@ impl RootContext for Root {
             }
         }
         if let Some(left_out) = self.logs.take_left_out(now) {
-            log::warn!("{left_out} refusal lines left out (at most {LINES_PER_SECOND} a second); the counters have them all");
+            log::warn!(
+                "{left_out} refusal lines left out (at most {LINES_PER_SECOND} a second; every one counted)"
+            );
         }
         let _ = hostcalls::set_effective_context(self.id);
     }

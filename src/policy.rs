@@ -179,15 +179,20 @@ impl Policy {
             }
             None => None,
         };
-        let auths = || scoped.iter().chain(default.as_ref()).filter_map(|rules: &Rules| rules.auth.as_ref());
-        let mut identity_headers: Vec<String> =
-            auths().flat_map(Auth::identity_headers).map(header_key).collect();
-        identity_headers.sort();
-        identity_headers.dedup();
-        let mut query_credentials: Vec<String> =
-            auths().flat_map(Auth::query_names).map(str::to_string).collect();
-        query_credentials.sort();
-        query_credentials.dedup();
+        let mut identity_headers: Vec<String> = Vec::new();
+        let mut query_credentials: Vec<String> = Vec::new();
+        for auth in scoped.iter().chain(default.as_ref()).filter_map(|rules| rules.auth.as_ref()) {
+            for key in auth.identity_headers().map(header_key) {
+                if !identity_headers.contains(&key) {
+                    identity_headers.push(key);
+                }
+            }
+            for name in auth.query_names() {
+                if !query_credentials.iter().any(|known| known == name) {
+                    query_credentials.push(name.to_string());
+                }
+            }
+        }
         match (selector, errors.is_empty()) {
             (Some(selector), true) => Ok(Policy {
                 stat_names: crate::stats::names(prefix),
@@ -241,8 +246,7 @@ impl Policy {
 
     /// The edits that keep a refused request's credentials out of Envoy's logs.
     fn scrub(&self, request: &Request) -> Vec<RequestEdit<'_>> {
-        let names = self.query_credentials.iter().map(String::as_str);
-        match source::without_query_credentials(request.path(), names) {
+        match source::without_query_credentials(request.path(), &self.query_credentials) {
             Some(path) => vec![RequestEdit::Set(":path", path)],
             None => Vec::new(),
         }

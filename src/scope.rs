@@ -91,13 +91,8 @@ impl Selector {
             return None;
         }
         let path = canonical::path(request.path()).unwrap_or_default();
-        let reading = Reading {
-            host: canonical::host(authority(request)),
-            path,
-            fold_case: false,
-            deep_wildcards: false,
-        };
-        self.select_reading(&reading)
+        let host = canonical::host(authority(request));
+        self.select_reading(Reading { host: &host, path: &path, fold_case: false, deep_wildcards: false })
     }
 
     /// The policy for an upgrade: the same on every reading of its host and path, or refused.
@@ -107,15 +102,13 @@ impl Selector {
         }
         let readings =
             Readings::of(authority(request), request.path()).map_err(|_: Malformed| Ambiguity::Path)?;
-        let mut readings = readings.0.iter();
-        let Some(first) = readings.next() else { return Ok(None) };
+        let first = readings.canonical();
         let chosen = self.select_reading(first);
-        for reading in readings {
+        for reading in readings.all() {
             if self.select_reading(reading) != chosen {
                 // Which part made the difference: the same host on the canonical path agrees.
-                let on_canonical_path =
-                    Reading { path: first.path.clone(), fold_case: false, ..reading.clone() };
-                return Err(match self.select_reading(&on_canonical_path) == chosen {
+                let on_canonical_path = Reading { path: first.path, fold_case: false, ..reading };
+                return Err(match self.select_reading(on_canonical_path) == chosen {
                     true => Ambiguity::Path,
                     false => Ambiguity::Host,
                 });
@@ -125,27 +118,32 @@ impl Selector {
     }
 
     /// The first policy whose `match` fits one reading, if any.
-    fn select_reading(&self, reading: &Reading) -> Option<usize> {
-        let host = reading.host.as_str();
-        let exact = self.exact.get(host).map(Vec::as_slice).unwrap_or_default();
-        // The parents of the host: `b.example.com` and `example.com` for `a.b.example.com`.
-        let parents = || host.match_indices('.').filter_map(|(at, _)| host.get(at + 1..));
-        let mut wildcard: Vec<usize> = Vec::new();
-        for (depth, parent) in parents().enumerate() {
-            if depth == 0 || reading.deep_wildcards {
-                wildcard.extend(self.wildcard.get(parent).into_iter().flatten());
-            }
-            wildcard.extend(self.deep.get(parent).into_iter().flatten());
-        }
-        [exact, wildcard.as_slice(), self.any_host.as_slice()]
-            .into_iter()
-            .flat_map(|candidates| candidates.iter().copied())
-            .filter(|&index| {
+    fn select_reading(&self, reading: Reading<'_>) -> Option<usize> {
+        let host = reading.host;
+        // Each list is ascending: its first fit is its best; the lowest index over all wins.
+        let first_fit = |list: Option<&Vec<usize>>| {
+            list?.iter().copied().find(|&index| {
                 self.scopes.get(index).is_some_and(|scope| {
                     path_matches(scope.path_prefix.as_deref(), reading.path.as_bytes(), reading.fold_case)
                 })
             })
-            .min()
+        };
+        let mut best = first_fit(self.exact.get(host));
+        let mut consider = |candidate: Option<usize>| {
+            if let Some(candidate) = candidate {
+                best = Some(best.map_or(candidate, |best| best.min(candidate)));
+            }
+        };
+        // The parents of the host: `b.example.com` and `example.com` for `a.b.example.com`.
+        let parents = host.match_indices('.').filter_map(|(at, _)| host.get(at + 1..));
+        for (depth, parent) in parents.enumerate() {
+            if depth == 0 || reading.deep_wildcards {
+                consider(first_fit(self.wildcard.get(parent)));
+            }
+            consider(first_fit(self.deep.get(parent)));
+        }
+        consider(first_fit(Some(&self.any_host)));
+        best
     }
 }
 

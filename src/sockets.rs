@@ -4,7 +4,8 @@
 //! closes and which are due; the shell keeps the list on its root context, checks it on a timer
 //! and resets the streams that are due.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 /// Why an admitted socket is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,31 +56,47 @@ impl Close {
 #[derive(Debug, Default)]
 pub struct OpenSockets {
     by_stream: HashMap<u32, Close>,
-    by_time: BTreeSet<(u64, u32)>,
+    /// Close times, earliest first. An entry whose stream has gone or has another close time
+    /// now is stale: skipped when it comes up, and dropped when stale entries outnumber the
+    /// live ones (a rebuild in O(n), paid for by the n/2 ends before it).
+    queue: BinaryHeap<Reverse<(u64, u32)>>,
 }
 
 impl OpenSockets {
     pub fn admit(&mut self, stream: u32, close: Close) {
-        let _ = self.forget(stream);
         self.by_stream.insert(stream, close);
-        self.by_time.insert((close.at, stream));
+        self.queue.push(Reverse((close.at, stream)));
+        self.drop_stale();
     }
 
     /// The stream ended by itself, or no longer has a close time. Whether it was listed.
     pub fn forget(&mut self, stream: u32) -> bool {
-        match self.by_stream.remove(&stream) {
-            Some(close) => self.by_time.remove(&(close.at, stream)),
-            None => false,
+        let listed = self.by_stream.remove(&stream).is_some();
+        if listed {
+            self.drop_stale();
         }
+        listed
     }
 
     /// The sockets due at `now` (milliseconds since the Unix epoch), taken off the list.
     pub fn due(&mut self, now: u64) -> Vec<(u32, CloseReason)> {
-        let later = self.by_time.split_off(&(now.saturating_add(1), 0));
-        let due = std::mem::replace(&mut self.by_time, later);
-        due.into_iter()
-            .filter_map(|(_, stream)| Some((stream, self.by_stream.remove(&stream)?.reason)))
-            .collect()
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, stream))) = self.queue.peek() {
+            if at > now {
+                break;
+            }
+            self.queue.pop();
+            if self.by_stream.get(&stream).is_some_and(|close| close.at == at) {
+                due.extend(self.by_stream.remove(&stream).map(|close| (stream, close.reason)));
+            }
+        }
+        due
+    }
+
+    fn drop_stale(&mut self) {
+        if self.queue.len() > 2 * self.by_stream.len() + 64 {
+            self.queue = self.by_stream.iter().map(|(stream, close)| Reverse((close.at, *stream))).collect();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -142,6 +159,17 @@ mod tests {
         assert!(open.forget(9));
         assert_eq!(open.due(u64::MAX).len(), 4999);
         assert!(open.is_empty());
+    }
+
+    #[test]
+    fn sockets_that_end_before_their_time_leave_no_growing_queue() {
+        let mut open = OpenSockets::default();
+        for stream in 0..100_000 {
+            open.admit(stream, Close { at: 10_000 + u64::from(stream), reason: CloseReason::MaxAge });
+            open.forget(stream);
+        }
+        assert!(open.queue.len() <= 64 + 1, "{} stale entries", open.queue.len());
+        assert_eq!(open.due(u64::MAX), vec![]);
     }
 
     #[test]

@@ -354,9 +354,6 @@ impl<'de> serde::Deserialize<'de> for UniqueValue {
             fn visit_str<E>(self, v: &str) -> Result<UniqueValue, E> {
                 Ok(UniqueValue(Value::String(v.to_string())))
             }
-            fn visit_string<E>(self, v: String) -> Result<UniqueValue, E> {
-                Ok(UniqueValue(Value::String(v)))
-            }
             fn visit_unit<E>(self) -> Result<UniqueValue, E> {
                 Ok(UniqueValue(Value::Null))
             }
