@@ -22,7 +22,7 @@ FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canon
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
-.PHONY: help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+.PHONY: oci skopeo help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
 	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
@@ -53,7 +53,10 @@ $(CERT):
 	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
 	  -keyout $(dir $(CERT))key.pem -out $(CERT) 2>/dev/null
 
-setup: targets envoy wasm-bindgen-cli cert wasm-opt ## Everything the build and the tests need
+setup: targets envoy wasm-bindgen-cli cert wasm-opt skopeo ## Everything the build and the tests need
+
+skopeo: ## Install skopeo (Debian), which reads back `make oci`'s image in the tests
+	@command -v skopeo >/dev/null || { apt-get update -qq && apt-get install -y -qq skopeo; }
 
 wasm-opt: $(WASM_OPT) ## Install Binaryen's wasm-opt (npm, pinned above) into .tools
 
@@ -82,6 +85,12 @@ test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test --target wasm32-unknown-unknown -p wsgate --lib --test scenarios --test response_headers --test credentials --test policies --test closing --test first_message --test spellings
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+
+oci: build ## The module as an OCI image layout in target/oci, for Istio and Envoy Gateway; prints its digest
+	rm -rf target/oci
+	python3 scripts/oci.py $(WASM) target/oci $(VERSION)
 
 bench: build envoy ## Plain Envoy, native filters, a do-nothing wasm filter and wsgate, in rounds (docs/BENCHMARKS.md)
 	cargo build --profile load -p wsgate-bench
