@@ -395,7 +395,11 @@ mod tests {
     }
 
     fn verifier(algorithms: &[&str], keys: Vec<Value>) -> JwtVerifier {
-        let config = JwtConfig {
+        JwtVerifier::compile(&config(algorithms, keys), &|_| None).unwrap()
+    }
+
+    fn config(algorithms: &[&str], keys: Vec<Value>) -> JwtConfig {
+        JwtConfig {
             algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
             jwks: Some(JwksConfig { keys }),
             remote_jwks: None,
@@ -407,8 +411,7 @@ mod tests {
             max_rsa_bits: 4096,
             claims_to_headers: vec![ClaimHeader { claim: "sub".into(), header: "x-subject".into() }],
             cache: Default::default(),
-        };
-        JwtVerifier::compile(&config, &|_| None).unwrap()
+        }
     }
 
     fn hmac_key() -> Value {
@@ -567,19 +570,7 @@ mod tests {
         modulus[0] = 0x80;
         modulus[512] = 0x01;
         let key = serde_json::json!({"kty": "RSA", "n": b64(&modulus), "e": "AQAB"});
-        let mut config = JwtConfig {
-            algorithms: vec!["RS256".into()],
-            jwks: Some(JwksConfig { keys: vec![key] }),
-            remote_jwks: None,
-            issuers: vec!["i".into()],
-            audiences: vec!["a".into()],
-            leeway_seconds: 60,
-            require_exp: true,
-            max_token_bytes: 8192,
-            max_rsa_bits: 4096,
-            claims_to_headers: vec![],
-            cache: Default::default(),
-        };
+        let mut config = config(&["RS256"], vec![key]);
         let error = JwtVerifier::compile(&config, &|_| None).unwrap_err();
         assert_eq!(error.field, "auth.jwt.jwks.keys[0].n", "{error}");
         assert!(error.problem.contains("max_rsa_bits"), "{error}");
