@@ -23,6 +23,12 @@ pub enum Variant {
     Noop,
     /// wsgate.
     Wsgate,
+    /// wsgate with a second policy for `/wait`, whose sockets wait for their first message:
+    /// for the line on ordinary requests while thousands of sockets wait. Not in [`Variant::ALL`].
+    WsgateWaiting,
+    /// The same configuration in a second Envoy, where no socket waits: the other side of that
+    /// line. Not in [`Variant::ALL`].
+    WsgateNoneWaiting,
 }
 
 impl Variant {
@@ -34,6 +40,8 @@ impl Variant {
             Variant::Native => "native",
             Variant::Noop => "noop-wasm",
             Variant::Wsgate => "wsgate",
+            Variant::WsgateWaiting => "wsgate-waiting",
+            Variant::WsgateNoneWaiting => "wsgate-none-waiting",
         }
     }
 }
@@ -91,6 +99,24 @@ pub fn wsgate_config(inputs: &Inputs) -> Result<String, BoxError> {
         }
     })
     .to_string())
+}
+
+/// The path whose sockets wait for their first message under [`Variant::WsgateWaiting`].
+pub const WAITING_PATH: &str = "/wait";
+
+/// The benchmark's wsgate configuration as the `default` policy, and a policy for
+/// [`WAITING_PATH`] that takes the credential from the first message, given a minute.
+fn waiting_config(inputs: &Inputs) -> Result<String, BoxError> {
+    let base: serde_json::Value = serde_json::from_str(&wsgate_config(inputs)?)?;
+    let mut waiting = base.clone();
+    let policy = waiting.as_object_mut().ok_or("the benchmark's wsgate configuration is no object")?;
+    let first_message = serde_json::json!({"token_pointer": "/token", "timeout_ms": 60000});
+    if let Some(auth) = policy.get_mut("auth").and_then(serde_json::Value::as_object_mut) {
+        auth.insert("sources".into(), serde_json::json!([{ "first_message": first_message }]));
+    }
+    policy.insert("match".into(), serde_json::json!({"path_prefix": WAITING_PATH}));
+    Ok(serde_json::json!({"stat_prefix": "bench_waiting", "policies": [waiting], "default": base})
+        .to_string())
 }
 
 fn wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) -> Result<String, BoxError> {
@@ -156,6 +182,17 @@ fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<
         Variant::Native => native_filters(inputs)?,
         Variant::Noop => wasm_filter("noop", "noop", &inputs.noop_wasm, "")?,
         Variant::Wsgate => wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &wsgate_config(inputs)?)?,
+        Variant::WsgateWaiting | Variant::WsgateNoneWaiting => {
+            wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &waiting_config(inputs)?)?
+        }
+    };
+    // HTTP/2 extended CONNECT only where sockets are held that way: the other variants keep the
+    // HTTP/1.1 codec their figures were always measured with.
+    let codec = match variant {
+        Variant::WsgateWaiting | Variant::WsgateNoneWaiting => {
+            "AUTO\n          http2_protocol_options: {allow_connect: true}"
+        }
+        _ => "HTTP1",
     };
     let response_headers = if variant == Variant::Native {
         let headers: Vec<String> = SECURITY_HEADERS
@@ -182,7 +219,7 @@ fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
-          codec_type: HTTP1
+          codec_type: {codec}
           upgrade_configs: [{{upgrade_type: websocket}}]
           route_config:
             virtual_hosts:
@@ -198,6 +235,9 @@ fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<
   - name: upstream
     connect_timeout: 2s
     type: STATIC
+    # Room for the 10,000 sockets of the waiting line; Envoy's default is 1,024 of each.
+    circuit_breakers:
+      thresholds: [{{max_connections: 20000, max_pending_requests: 20000, max_requests: 20000}}]
     load_assignment:
       cluster_name: upstream
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
@@ -215,6 +255,8 @@ pub struct Envoy {
     pub variant: Variant,
     pub port: u16,
     dir: PathBuf,
+    /// The admin's address, `127.0.0.1:PORT`.
+    admin: String,
 }
 
 impl Envoy {
@@ -250,8 +292,9 @@ impl Envoy {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("envoy.log"))?)
             .spawn()?;
-        let mut envoy = Envoy { child, variant, port: 0, dir };
+        let mut envoy = Envoy { child, variant, port: 0, dir, admin: String::new() };
         envoy.port = envoy.wait_for_listener(&admin_address)?;
+        envoy.admin = std::fs::read_to_string(&admin_address)?.trim().to_string();
         Ok(envoy)
     }
 
@@ -333,6 +376,14 @@ pub fn process_cpu_ns(pid: u32) -> u64 {
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
         .filter_map(|line| line.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()))
         .sum()
+}
+
+impl Envoy {
+    /// The value of one of Envoy's stats, if it has it.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let answer = admin_get(&self.admin, &format!("/stats?filter=^{}$", name.replace('.', "\\."))).ok()?;
+        answer.lines().find_map(|line| line.strip_prefix(&format!("{name}: ")))?.trim().parse().ok()
+    }
 }
 
 /// A GET to Envoy's admin over HTTP/1.1 (the admin refuses 1.0); the raw answer.

@@ -223,3 +223,74 @@ pub async fn messages(sockets: &mut [Socket], until: Instant, size: u16) -> Outc
     });
     Outcome::merge(join_all(clients).await)
 }
+
+/// WebSockets held open through Envoy as HTTP/2 extended CONNECT streams (RFC 8441), a hundred
+/// to a connection: thousands of them take as many upstream connections, but few downstream
+/// ones, within the file descriptors one process may have. Dropping them resets every stream
+/// and closes the connections.
+pub struct HeldSockets {
+    streams: Vec<(h2::SendStream<bytes::Bytes>, h2::RecvStream)>,
+    connections: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HeldSockets {
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+impl Drop for HeldSockets {
+    fn drop(&mut self) {
+        self.streams.clear();
+        for connection in &self.connections {
+            connection.abort();
+        }
+    }
+}
+
+/// Opens `count` WebSockets to `path` from `origin` (each answered 200, then left open and
+/// silent).
+pub async fn hold_sockets(
+    envoy: SocketAddr,
+    count: usize,
+    path: &str,
+    origin: &str,
+) -> Result<HeldSockets, BoxError> {
+    const PER_CONNECTION: usize = 100;
+    let mut held = HeldSockets { streams: Vec::with_capacity(count), connections: Vec::new() };
+    while held.streams.len() < count {
+        let stream = TcpStream::connect(envoy).await?;
+        let (client, connection) = h2::client::handshake(stream).await?;
+        held.connections.push(tokio::spawn(async move {
+            let _ = connection.await;
+        }));
+        let mut client = client.ready().await?;
+        // Envoy's SETTINGS_ENABLE_CONNECT_PROTOCOL comes with its first SETTINGS frame.
+        for _ in 0..100 {
+            if client.is_extended_connect_protocol_enabled() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut pending = Vec::new();
+        for _ in 0..PER_CONNECTION.min(count - held.streams.len()) {
+            let request = http::Request::builder()
+                .method(http::Method::CONNECT)
+                .uri(format!("http://{envoy}{path}"))
+                .header("sec-websocket-version", "13")
+                .header("origin", origin)
+                .extension(h2::ext::Protocol::from_static("websocket"))
+                .body(())?;
+            client = client.ready().await?;
+            pending.push(client.send_request(request, false)?);
+        }
+        for (response, send) in pending {
+            let response = response.await?;
+            if response.status() != 200 {
+                return Err(format!("a held socket got {}", response.status()).into());
+            }
+            held.streams.push((send, response.into_body()));
+        }
+    }
+    Ok(held)
+}

@@ -325,6 +325,14 @@ fn run() -> Result<bool, BoxError> {
         }
     }
 
+    let waiting = match only.is_empty() || report::WAITING_TITLE.to_lowercase().contains(&only) {
+        true => {
+            eprintln!("{}", report::WAITING_TITLE);
+            measure_waiting(&runtime, &inputs, upstream, &settings, &traffic)?
+        }
+        false => Vec::new(),
+    };
+
     let after_rounds: Vec<(Variant, u64)> =
         envoys.iter().map(|envoy| (envoy.variant, envoy.rss_kib())).collect();
     drop(envoys);
@@ -341,12 +349,54 @@ fn run() -> Result<bool, BoxError> {
     }
     let module_bytes = std::fs::metadata(&inputs.wsgate_wasm)?.len();
     let settings_line = settings_line(&settings, started.elapsed());
-    let text = report::render(&results, &memory, &after_rounds, module_bytes, &settings_line);
+    let text = report::render(&results, &waiting, &memory, &after_rounds, module_bytes, &settings_line);
     println!("{}", text.markdown);
     if let Some(path) = &settings.report {
         std::fs::write(path, &text.markdown)?;
     }
     Ok(text.all_met)
+}
+
+/// How many sockets wait for their first message in the line on ordinary requests beside them.
+const WAITING_SOCKETS: usize = 10_000;
+
+/// Ordinary GETs on two wsgate Envoys of the same configuration, in interleaved rounds: one
+/// with [`WAITING_SOCKETS`] sockets waiting for their first message all along, one with none;
+/// each round's pair of figures (none, waiting). The sockets are opened once: opening them again
+/// each round would leave tens of thousands of upstream ports in TIME_WAIT.
+fn measure_waiting(
+    runtime: &tokio::runtime::Runtime,
+    inputs: &Inputs,
+    upstream: SocketAddr,
+    settings: &Settings,
+    traffic: &Traffic,
+) -> Result<Vec<(Measure, Measure)>, BoxError> {
+    let waiting = Envoy::start(Variant::WsgateWaiting, inputs, upstream, settings.envoy_core)?;
+    let none = Envoy::start(Variant::WsgateNoneWaiting, inputs, upstream, settings.envoy_core)?;
+    let address = SocketAddr::from(([127, 0, 0, 1], waiting.port));
+    let held = runtime.block_on(load::hold_sockets(
+        address,
+        WAITING_SOCKETS,
+        envoy::WAITING_PATH,
+        tokens::ALLOWED_ORIGIN,
+    ))?;
+    // Each one is really waiting in wsgate, not merely open; and within its minute.
+    let awaited = waiting.stat("wasmcustom.wsgate.bench_waiting.first_message.awaited").unwrap_or(0);
+    if awaited != held.len() as u64 {
+        return Err(format!("{} sockets opened, but wsgate waits on {awaited}", held.len()).into());
+    }
+    let duration = Duration::from_secs_f64(settings.seconds);
+    for envoy in [&none, &waiting] {
+        runtime.block_on(measure(envoy, Workload::Get, settings, traffic, duration / 3));
+    }
+    let mut rounds = Vec::new();
+    for _ in 0..settings.rounds {
+        let without = runtime.block_on(measure(&none, Workload::Get, settings, traffic, duration));
+        let with = runtime.block_on(measure(&waiting, Workload::Get, settings, traffic, duration));
+        rounds.push((without, with));
+    }
+    runtime.block_on(async move { drop(held) });
+    Ok(rounds)
 }
 
 fn settings_line(settings: &Settings, took: Duration) -> String {

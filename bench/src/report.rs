@@ -202,8 +202,12 @@ struct Line {
     met: bool,
 }
 
+/// The title of the line on ordinary requests while sockets wait for their first message.
+pub const WAITING_TITLE: &str = "Ordinary GET while 10,000 sockets wait for their first message";
+
 pub fn render(
     results: &Results,
+    waiting: &[(Measure, Measure)],
     memory: &[Memory],
     after_rounds: &[(Variant, u64)],
     module_bytes: u64,
@@ -220,6 +224,9 @@ pub fn render(
     let get = results.ratio(Workload::Get, Variant::Wsgate, Variant::Noop, per_second);
     let foreign = results.ratio(Workload::ForeignOrigin, Variant::Wsgate, Variant::Native, per_second);
     let messages = results.ratio(Workload::Messages, Variant::Wsgate, Variant::Plain, per_second);
+    let beside_waiting =
+        median(waiting.iter().map(|(none, held)| held.per_second / none.per_second).collect());
+    let waiting_cpu = median(waiting.iter().map(|(none, held)| held.user_us - none.user_us).collect());
     let of = |variant| memory.iter().find(|m| m.variant == variant);
     let memory_gap =
         of(Variant::Wsgate).zip(of(Variant::Noop)).map(|(w, n)| mib(w.after_kib) - mib(n.after_kib));
@@ -257,6 +264,12 @@ pub fn render(
             figure: memory_gap.map_or("not measured".into(), |gap| format!("{gap:.1} MiB (below)")),
             budget: "at most 5 MiB",
             met: memory_gap.is_some_and(|gap| gap <= 5.0),
+        },
+        Line {
+            what: "Ordinary GET while 10,000 sockets wait for their first message: requests per second over a wsgate Envoy's with the same configuration and none waiting",
+            figure: format!("{beside_waiting:.3} ({waiting_cpu:+.1} µs of user CPU per request)"),
+            budget: "at least 0.97",
+            met: beside_waiting >= 0.97,
         },
         Line {
             what: "Established socket: wsgate's messages per second over plain Envoy's",
@@ -306,6 +319,24 @@ pub fn render(
             results.added_cpu(workload, Variant::Native),
             results.added_cpu_ratio(workload),
         );
+    }
+
+    if !waiting.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## {WAITING_TITLE}\n\nTwo wsgate Envoys with the same configuration, whose `/wait` policy takes the credential from the first message: one holds 10,000 HTTP/2 WebSockets open on `/wait` and waiting all along, the other none; each round measures ordinary GETs on both.\n\n| round | requests/s, none waiting | with 10,000 waiting | ratio | user CPU µs per request, none | with 10,000 |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        for (round, (none, held)) in waiting.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {round} | {:.0} | {:.0} | {:.3} | {:.1} | {:.1} |",
+                none.per_second,
+                held.per_second,
+                held.per_second / none.per_second,
+                none.user_us,
+                held.user_us
+            );
+        }
     }
 
     let _ = writeln!(out, "\n## Every workload");
