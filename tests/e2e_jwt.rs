@@ -185,3 +185,36 @@ async fn a_repeated_token_is_verified_once_and_then_served_from_the_cache() {
     assert_eq!(gate.envoy.stat("wasmcustom.wsgate.default.credential_cache.misses"), Some(1));
     assert_eq!(gate.envoy.stat("wasmcustom.wsgate.default.credential_cache.hits"), Some(2));
 }
+
+#[tokio::test]
+async fn a_token_without_kid_is_refused_when_more_than_four_keys_fit_and_one_with_kid_admitted() {
+    // Five HMAC keys fit HS256: four others, then the one that signs.
+    let mut keys: Vec<Value> = (0..4)
+        .map(|i| json!({"kty": "oct", "kid": format!("other-{i}"), "k": base64ct::Base64UrlUnpadded::encode_string(&[b'x'; 32])}))
+        .collect();
+    keys.push(json!({"kty": "oct", "kid": "hmac-env", "k_env": "WSGATE_TEST_HS_SECRET"}));
+    let config = json!({
+        "stat_prefix": "kid",
+        "allowed_origins": ["https://app.example.com"],
+        "require_tls": false,
+        "auth": {"sources": [{"query": "access_token"}],
+                 "jwt": {"algorithms": ["HS256"], "jwks": {"keys": keys},
+                         "issuers": ["https://issuer.example"], "audiences": ["chat"]}}
+    })
+    .to_string();
+    let gate = Gate::start(&[&config]).await;
+    let secret = base64ct::Base64UrlUnpadded::decode_vec(&support::hmac_secret()).unwrap();
+    let anonymous = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(300),
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    let refused = ws_connect(gate.port(), &format!("/ws?access_token={anonymous}"), &[ALLOWED]).await;
+    assert_eq!(refused.err(), Some(401));
+    assert_eq!(gate.envoy.stat("wasmcustom.wsgate.kid.denied.token_unknown_key"), Some(1));
+    let named = sign(Algorithm::HS256, "hmac-env", claims(300));
+    let mut socket = ws_connect(gate.port(), &format!("/ws?access_token={named}"), &[ALLOWED]).await.unwrap();
+    assert_eq!(ws_echo(&mut socket, "named").await, "named");
+    assert_eq!(gate.upstream_requests().iter().filter(|r| r.is_upgrade()).count(), 1);
+}

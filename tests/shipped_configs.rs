@@ -285,3 +285,31 @@ fn envoy_refuses_an_identity_header_that_proxies_set_and_names_the_field() {
         "{log}"
     );
 }
+
+#[test]
+fn envoy_refuses_an_rsa_key_over_max_rsa_bits_and_names_the_field() {
+    use base64ct::Encoding;
+    // An odd modulus of 4104 bits: past the default max_rsa_bits of 4096.
+    let mut modulus = vec![0u8; 513];
+    modulus[0] = 0x80;
+    modulus[512] = 0x01;
+    let n = base64ct::Base64UrlUnpadded::encode_string(&modulus);
+    let config = format!(
+        r#"{{"allowed_origins": ["https://app.example.com"], "auth": {{"sources": [{{"query": "t"}}],
+            "jwt": {{"algorithms": ["RS256"], "jwks": {{"keys": [{{"kty": "RSA", "n": "{n}", "e": "AQAB"}}]}},
+                    "issuers": ["i"], "audiences": ["a"]}}}}}}"#
+    );
+    let listener = listener_yaml("big", free_port(), &config, None);
+    let output = validate_yaml(&bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "Envoy accepted a 4104-bit key:\n{log}");
+    assert!(
+        log.contains("configuration rejected: auth.jwt.jwks.keys[0].n:") && log.contains("max_rsa_bits"),
+        "{log}"
+    );
+    // The positive control: the same key with max_rsa_bits raised loads.
+    let raised = config.replace(r#""audiences": ["a"]"#, r#""audiences": ["a"], "max_rsa_bits": 8192"#);
+    let listener = listener_yaml("raised", free_port(), &raised, None);
+    let output = validate_yaml(&bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
