@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{bootstrap_yaml, repo, scratch_dir, wasm_path, Envoy, Recorder};
+use support::{bootstrap_yaml, http_filters_yaml, repo, scratch_dir, Envoy, Recorder};
 
 const KEY: &str = "k-7f3a9c";
 const KEY_SHA256: &str = "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73";
@@ -57,27 +57,11 @@ async fn start() -> (Envoy, u16, Recorder) {
           route_config:
             virtual_hosts:
             - {{name: all, domains: ["*"], routes: [{{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}]}}
-          http_filters:
-          - name: envoy.filters.http.wasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: wsgate-h3
-                root_id: wsgate
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {config}
-                vm_config:
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {wasm}}}}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          http_filters:{filters}
 "#,
         cert = cert.display(),
         key = key.display(),
-        config = serde_json::to_string(&config.to_string()).unwrap(),
-        wasm = wasm_path().display(),
+        filters = http_filters_yaml("h3", &config.to_string()),
     );
     let mut envoy = Envoy::start(&bootstrap_yaml(&[listener], address, 0));
     envoy.also_remove(dir);

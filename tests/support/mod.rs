@@ -93,7 +93,6 @@ pub fn listener_yaml_with(
     tls: Option<&TlsFiles>,
     connection_manager: &str,
 ) -> String {
-    let value = serde_json::to_string(plugin_json).unwrap();
     let transport = match tls {
         None => String::new(),
         Some(files) => format!(
@@ -130,7 +129,17 @@ pub fn listener_yaml_with(
               routes:
               - {{match: {{prefix: "/envoy-404"}}, direct_response: {{status: 404}}}}
               - {{match: {{prefix: "/"}}, route: {{cluster: upstream}}}}
-          http_filters:
+          http_filters:{filters}
+"#,
+        filters = http_filters_yaml(name, plugin_json)
+    )
+}
+
+/// The `http_filters` of a connection manager (YAML, at a listener's indentation): wsgate, with
+/// plugin config `plugin_json` and failing closed, then the router.
+pub fn http_filters_yaml(name: &str, plugin_json: &str) -> String {
+    format!(
+        r#"
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -148,8 +157,8 @@ pub fn listener_yaml_with(
                     key_values: {{WSGATE_TEST_HS_SECRET: "{secret}"}}
           - name: envoy.filters.http.router
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#,
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
+        value = serde_json::to_string(plugin_json).unwrap(),
         wasm = wasm_path().display(),
         secret = hmac_secret()
     )
