@@ -93,7 +93,8 @@ enum Separators {
     /// `/` only.
     Slash,
     /// `/`, `\`, `%2F` and `%5C`: servers that decode before they split, or that take `\` for
-    /// `/` (IIS, some Java and Windows servers).
+    /// `/` (IIS, some Java and Windows servers); such servers also end the path at `%3F`, `%23`
+    /// and `%00`.
     AnySlash,
 }
 
@@ -138,6 +139,10 @@ fn decode(path: &[u8], separators: Separators) -> Result<String, Malformed> {
                     out.push(decoded);
                 } else if separators == Separators::AnySlash && matches!(decoded, '/' | '\\') {
                     out.push('/');
+                } else if separators == Separators::AnySlash && matches!(decoded, '?' | '#' | '\0') {
+                    // A server that decodes the whole target before it splits off the query, or
+                    // reads the path as a C string, ends the path here.
+                    break;
                 } else {
                     out.push('%');
                     out.push(char::from(high.to_ascii_uppercase()));
@@ -299,6 +304,14 @@ mod tests {
         }
         assert!(readings.iter().any(|r| r.host == "chat.example.com."));
         assert!(readings.iter().any(|r| r.fold_case) && readings.iter().any(|r| r.deep_wildcards));
+    }
+
+    #[test]
+    fn servers_that_decode_before_splitting_end_the_path_at_an_escaped_query_fragment_or_nul() {
+        for target in [b"/ws%3Fx".as_slice(), b"/ws%23x", b"/ws%00.html"] {
+            let all = Readings::of(b"a.example", target).unwrap();
+            assert!(all.all().iter().any(|r| r.path == "/ws"), "{:?}", String::from_utf8_lossy(target));
+        }
     }
 
     #[test]

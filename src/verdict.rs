@@ -148,8 +148,7 @@ pub const NO_POLICY_MATCHED_BODY: &str = "Forbidden: no WebSocket policy for thi
 /// The status of the reply to [`DenyReason::PathAmbiguous`] and [`DenyReason::HostAmbiguous`].
 pub const AMBIGUOUS_STATUS: u16 = 403;
 /// The body of that reply.
-pub const AMBIGUOUS_BODY: &str =
-    "Forbidden: the host or path of this WebSocket can be read more than one way";
+pub const AMBIGUOUS_BODY: &str = "Forbidden: the host or path can be read more than one way";
 /// The status of the reply to [`DenyReason::InsecureTransport`].
 pub const INSECURE_TRANSPORT_STATUS: u16 = 403;
 /// The body of the reply to [`DenyReason::InsecureTransport`].

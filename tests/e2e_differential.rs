@@ -98,6 +98,11 @@ async fn another_spelling_of_a_protected_path_or_host_gets_no_weaker_policy() {
         ("chat.example.com", "/x/../ws", "a dot-dot segment"),
         ("chat.example.com", "/ws%2Froom", "an escaped slash (servers that decode before routing)"),
         ("chat.example.com", "/ws\\room", "a backslash (IIS, some Java servers)"),
+        (
+            "chat.example.com",
+            "/ws%3Fx",
+            "an escaped `?` (servers that decode before splitting off the query)",
+        ),
         ("chat.example.com.", "/ws", "a trailing dot on the host (DNS, Envoy with strip_trailing_host_dot)"),
         ("CHAT.Example.COM", "/ws", "the host in another case"),
         ("a.b.example.net", "/ws", "two labels under *.example.net (Envoy's virtual-host wildcards)"),

@@ -82,6 +82,18 @@ fn every_spelling_of_a_protected_path_is_refused_or_given_its_policy() {
         ),
         ("chat.example.com", "/ws%5Croom", "IIS (decoded \\ as /)", DenyReason::PathAmbiguous),
         ("chat.example.com", "/ws\\room", "IIS, some Java servers (\\ as /)", DenyReason::PathAmbiguous),
+        (
+            "chat.example.com",
+            "/ws%3Fx",
+            "servers that decode before splitting off the query",
+            DenyReason::PathAmbiguous,
+        ),
+        (
+            "chat.example.com",
+            "/ws%00.html",
+            "servers that read the path as a C string",
+            DenyReason::PathAmbiguous,
+        ),
         ("chat.example.com", "/w%", "a bad escape: no reading at all", DenyReason::PathAmbiguous),
         ("chat.example.com.", "/ws", "DNS, Envoy's strip_trailing_host_dot", DenyReason::HostAmbiguous),
         ("a.b.example.net", "/ws", "Envoy's virtual hosts (`*.` over any labels)", DenyReason::HostAmbiguous),
