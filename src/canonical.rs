@@ -75,7 +75,7 @@ pub enum Malformed {
 ///
 /// Case is kept: most upstreams tell `/WS` from `/ws`. The other readings are in [`Readings`].
 pub fn path(target: &[u8]) -> Result<String, Malformed> {
-    canonical(cut_query(target), Separators::Slash, true)
+    canonical(cut_query(target), CANONICAL)
 }
 
 /// The part of a request target before `?`; `/` for none at all (Envoy always gives a path,
@@ -93,25 +93,45 @@ enum Separators {
     /// `/` only.
     Slash,
     /// `/`, `\`, `%2F` and `%5C`: servers that decode before they split, or that take `\` for
-    /// `/` (IIS, some Java and Windows servers); such servers also end the path at `%3F`, `%23`
-    /// and `%00`.
+    /// `/` (IIS, some Java and Windows servers). `%3F`, `%23` and `%00` stay in the path.
     AnySlash,
+    /// As [`Separators::AnySlash`], and the path ends at `%3F`, `%23` or `%00`: servers that
+    /// decode the whole target before they split off the query, or read the path as a C string.
+    AnySlashCut,
 }
 
-fn canonical(path: &[u8], separators: Separators, cut_parameters: bool) -> Result<String, Malformed> {
+/// One way of bringing a path to segments: each upstream does some of these steps and not
+/// others.
+#[derive(Clone, Copy)]
+struct Steps {
+    separators: Separators,
+    /// `;` parameters removed from each segment.
+    cut_parameters: bool,
+    /// `.` and `..` segments removed.
+    remove_dots: bool,
+    /// Empty segments removed (`//ws` is `/ws`).
+    merge_slashes: bool,
+}
+
+const CANONICAL: Steps =
+    Steps { separators: Separators::Slash, cut_parameters: true, remove_dots: true, merge_slashes: true };
+
+fn canonical(path: &[u8], steps: Steps) -> Result<String, Malformed> {
     if !path.starts_with(b"/") {
         return Err(Malformed::NotAPath);
     }
-    let decoded = decode(path, separators)?;
+    let decoded = decode(path, steps.separators)?;
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        let segment = match (cut_parameters, segment.split_once(';')) {
+    // The leading `/` makes the first segment empty: it is not one.
+    for segment in decoded.split('/').skip(1) {
+        let segment = match (steps.cut_parameters, segment.split_once(';')) {
             (true, Some((before, _))) => before,
             _ => segment,
         };
         match segment {
-            "" | "." => {}
-            ".." => {
+            "" if steps.merge_slashes => {}
+            "." if steps.remove_dots => {}
+            ".." if steps.remove_dots => {
                 segments.pop();
             }
             other => segments.push(other),
@@ -137,9 +157,9 @@ fn decode(path: &[u8], separators: Separators) -> Result<String, Malformed> {
                 let decoded = char::from(value);
                 if decoded.is_ascii_alphanumeric() || matches!(decoded, '-' | '.' | '_' | '~') {
                     out.push(decoded);
-                } else if separators == Separators::AnySlash && matches!(decoded, '/' | '\\') {
+                } else if separators != Separators::Slash && matches!(decoded, '/' | '\\') {
                     out.push('/');
-                } else if separators == Separators::AnySlash && matches!(decoded, '?' | '#' | '\0') {
+                } else if separators == Separators::AnySlashCut && matches!(decoded, '?' | '#' | '\0') {
                     // A server that decodes the whole target before it splits off the query, or
                     // reads the path as a C string, ends the path here.
                     break;
@@ -149,7 +169,7 @@ fn decode(path: &[u8], separators: Separators) -> Result<String, Malformed> {
                     out.push(char::from(low.to_ascii_uppercase()));
                 }
             }
-            b'\\' if separators == Separators::AnySlash => out.push('/'),
+            b'\\' if separators != Separators::Slash => out.push('/'),
             other => out.push(char::from(other)),
         }
     }
@@ -185,16 +205,23 @@ impl Readings {
     /// dot.
     pub fn of(authority: &[u8], target: &[u8]) -> Result<Readings, Malformed> {
         let raw = cut_query(target);
-        let mut paths = vec![canonical(raw, Separators::Slash, true)?];
-        for path in [
-            Ok(String::from_utf8_lossy(raw).into_owned()),
-            canonical(raw, Separators::Slash, false),
-            canonical(raw, Separators::AnySlash, true),
-            canonical(raw, Separators::AnySlash, false),
-        ] {
-            let path = path?;
-            if !paths.contains(&path) {
-                paths.push(path);
+        let mut paths = vec![canonical(raw, CANONICAL)?];
+        let as_sent = String::from_utf8_lossy(raw).into_owned();
+        if !paths.contains(&as_sent) {
+            paths.push(as_sent);
+        }
+        // Each of the canonical steps left out, one at a time, and every separator set.
+        let partial = [
+            Steps { cut_parameters: false, ..CANONICAL },
+            Steps { remove_dots: false, ..CANONICAL },
+            Steps { merge_slashes: false, ..CANONICAL },
+        ];
+        for separators in [Separators::Slash, Separators::AnySlash, Separators::AnySlashCut] {
+            for steps in [CANONICAL].iter().chain(&partial) {
+                let path = canonical(raw, Steps { separators, ..*steps })?;
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
             }
         }
         let mut hosts = vec![host(authority)];
@@ -312,6 +339,22 @@ mod tests {
             let all = Readings::of(b"a.example", target).unwrap();
             assert!(all.all().iter().any(|r| r.path == "/ws"), "{:?}", String::from_utf8_lossy(target));
         }
+    }
+
+    #[test]
+    fn servers_that_decode_escaped_slashes_but_keep_an_escaped_query_read_past_it() {
+        let all = Readings::of(b"a.example", b"/public/x%3F%2F..%2F..%2Fadmin").unwrap();
+        assert!(all.all().iter().any(|r| r.path == "/admin"));
+    }
+
+    #[test]
+    fn each_canonical_step_left_out_is_a_reading_of_its_own() {
+        let paths = |target: &str| {
+            let all = Readings::of(b"a.example", target.as_bytes()).unwrap();
+            all.all().iter().map(|r| r.path.to_string()).collect::<Vec<_>>()
+        };
+        assert!(paths("/%77s/%2e%2e/x").contains(&"/ws/../x".to_string()), "dots kept");
+        assert!(paths("/%77s//../x").contains(&"/ws/x".to_string()), "empty segments kept");
     }
 
     #[test]

@@ -198,12 +198,14 @@ impl Pointer {
     }
 
     /// Whether an object along the way has another member whose name differs from the one
-    /// pointed at only in case: a parser that folds case could take that one.
+    /// pointed at only in case: a parser that folds case could take that one. Go's
+    /// `encoding/json` folds by Unicode, where the Kelvin sign is a `k` and the long s an `s`.
     fn has_case_variant(&self, value: &Value) -> bool {
+        let folded = |key: &str| key.replace('\u{212A}', "k").replace('\u{17F}', "s");
         let mut at = value;
         for name in &self.0 {
             let Some(object) = at.as_object() else { return false };
-            if object.keys().any(|key| key != name && key.eq_ignore_ascii_case(name)) {
+            if object.keys().any(|key| key != name && folded(key).eq_ignore_ascii_case(name)) {
                 return true;
             }
             match object.get(name) {
@@ -414,6 +416,11 @@ mod tests {
         assert_eq!(read(r#"{"auth":{"token":"a"},"AUTH":{"token":"b"}}"#), Err(MessageError::NotJson));
         assert_eq!(read(r#"{"auth":{"token":"a"},"x":{"y":1,"y":2}}"#), Err(MessageError::NotJson));
         assert_eq!(read(r#"{"auth":{"token":"a"},"Other":1,"other":2}"#), Ok(b"a".to_vec()));
+        // Go folds the Kelvin sign to `k` and the long s to `s`.
+        assert_eq!(read(r#"{"auth":{"token":"a","to\u212Aen":"b"}}"#), Err(MessageError::NotJson));
+        let session = p("/session");
+        let long_s = credential(&message(r#"{"session":"a","\u017Fession":"b"}"#.as_bytes()), &session, None);
+        assert_eq!(long_s, Err(MessageError::NotJson));
     }
 
     #[test]

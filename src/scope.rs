@@ -51,6 +51,9 @@ pub struct Selector {
     deep: HashMap<String, Vec<usize>>,
     /// Policies without hosts, ascending.
     any_host: Vec<usize>,
+    /// The longest key of the three maps: no longer host or parent is looked up, so a host of
+    /// thousands of labels costs one pass over it rather than a hash of each of its parents.
+    longest: usize,
 }
 
 impl Selector {
@@ -73,6 +76,7 @@ impl Selector {
                     Host::Wildcard(suffix) => (&mut selector.wildcard, suffix),
                     Host::Deep(suffix) => (&mut selector.deep, suffix),
                 };
+                selector.longest = selector.longest.max(key.len());
                 map.entry(key.clone()).or_default().push(index);
             }
             if scope.hosts.is_empty() {
@@ -128,7 +132,8 @@ impl Selector {
                 })
             })
         };
-        let mut best = first_fit(self.exact.get(host));
+        let fits = |name: &str| name.len() <= self.longest;
+        let mut best = first_fit(Some(host).filter(|h| fits(h)).and_then(|h| self.exact.get(h)));
         let mut consider = |candidate: Option<usize>| {
             if let Some(candidate) = candidate {
                 best = Some(best.map_or(candidate, |best| best.min(candidate)));
@@ -136,7 +141,7 @@ impl Selector {
         };
         // The parents of the host: `b.example.com` and `example.com` for `a.b.example.com`.
         let parents = host.match_indices('.').filter_map(|(at, _)| host.get(at + 1..));
-        for (depth, parent) in parents.enumerate() {
+        for (depth, parent) in parents.enumerate().filter(|(_, parent)| fits(parent)) {
             if depth == 0 || reading.deep_wildcards {
                 consider(first_fit(self.wildcard.get(parent)));
             }
@@ -283,6 +288,16 @@ mod tests {
         assert_eq!(s.select(&request("a.internal.example", "/")), Some(0));
         assert_eq!(s.select(&request("internal.example", "/")), None);
         assert_eq!(s.select(&request("a.b.internal.example", "/")), None);
+    }
+
+    #[test]
+    fn a_host_of_many_labels_is_chosen_on_its_parents_short_enough_to_be_listed() {
+        let s = selector(&[matching(&["**.example.com"], None), matching(&["*.example.net"], None)]).unwrap();
+        let labels = "a.".repeat(40_000);
+        let upgrade = |host: &str| s.select_upgrade(&request(host, "/ws"));
+        assert_eq!(upgrade(&format!("{labels}example.com")), Ok(Some(0)));
+        assert_eq!(upgrade(&format!("{labels}example.org")), Ok(None));
+        assert_eq!(upgrade(&format!("{labels}example.net")), Err(Ambiguity::Host));
     }
 
     #[test]

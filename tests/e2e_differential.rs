@@ -103,6 +103,11 @@ async fn another_spelling_of_a_protected_path_or_host_gets_no_weaker_policy() {
             "/ws%3Fx",
             "an escaped `?` (servers that decode before splitting off the query)",
         ),
+        (
+            "chat.example.com",
+            "/x%3F%2F..%2F..%2Fws",
+            "an escaped `?` kept and escaped slashes decoded (nginx)",
+        ),
         ("chat.example.com.", "/ws", "a trailing dot on the host (DNS, Envoy with strip_trailing_host_dot)"),
         ("CHAT.Example.COM", "/ws", "the host in another case"),
         ("a.b.example.net", "/ws", "two labels under *.example.net (Envoy's virtual-host wildcards)"),
@@ -111,6 +116,17 @@ async fn another_spelling_of_a_protected_path_or_host_gets_no_weaker_policy() {
         for (host, target, reader) in spellings {
             let what = format!("{host}{target}, {reader}, with {setting}");
             assert_refused_beside(&gate, &what, &handshake(host, target, &[]), &control).await;
+        }
+        // Spellings that the shipped settings bring to a path of the default policy before
+        // wsgate and the upstream see them, but that some upstream reads as /ws under Envoy's
+        // defaults.
+        let partial = [
+            ("/%77s/%2e%2e/x", "escapes decoded, dot segments kept (prefix routers on the decoded path)"),
+            ("/%77s//../x", "dot segments removed, empty ones kept (RFC 3986 section 5.2.4 alone)"),
+        ];
+        for (target, reader) in partial.iter().filter(|_| setting == "Envoy's defaults") {
+            let what = format!("chat.example.com{target}, {reader}, with {setting}");
+            assert_refused_beside(&gate, &what, &handshake("chat.example.com", target, &[]), &control).await;
         }
         // The default policy still admits what is truly its own, with no credential.
         let elsewhere = raw(gate.port(), &handshake("other.example.org", "/ws", &[])).await;
@@ -205,6 +221,10 @@ async fn a_second_credential_under_a_look_alike_name_is_refused() {
             "`;` as a separator (Tomcat, Rails, Python before 3.9.2)",
         ),
         (format!("/ws?{valid}&access%5Ftoken=x"), vec![], "an escaped name (every form decoder)"),
+        (format!("/ws?{valid}&access_token[]=x"), vec![], "an array of that name (PHP, Rack)"),
+        (format!("/ws?{valid}&access_token%5Bx%5D=x"), vec![], "a map of that name (PHP, Rack)"),
+        (format!("/ws?{valid}&%5Baccess_token%5D=x"), vec![], "leading brackets dropped (Rack)"),
+        (format!("/ws?{valid}&access_token%00x=x"), vec![], "a name ended at NUL (C strings)"),
         (
             format!("/ws?{valid}"),
             vec![format!("cookie: a=1 ws_token=x")],

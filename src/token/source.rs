@@ -70,6 +70,18 @@ fn loose_name(name: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// Whether some parser reads the name `key` as the one whose [`loose_name`] is `wanted`: as it
+/// is; ended at a NUL (C strings); or without leading brackets and from its next bracket on, as
+/// Rack and PHP read `[name]`, `name[]` and `name[x]` (an array or map called `name`).
+fn reads_as(key: &[u8], wanted: &[u8]) -> bool {
+    let key = key.split(|&b| b == 0).next().unwrap_or_default();
+    let unbracketed = key.trim_ascii();
+    let start = unbracketed.iter().position(|&b| b != b'[' && b != b']').unwrap_or(unbracketed.len());
+    let bare = unbracketed.get(start..).unwrap_or_default();
+    let bare = bare.split(|&b| b == b'[' || b == b']').next().unwrap_or_default();
+    loose_name(key) == wanted || loose_name(bare) == wanted
+}
+
 /// How many `name=value` items of `items` have a name (form-decoded) that some parser reads as
 /// `name`.
 fn readings_of<'a>(items: impl Iterator<Item = &'a [u8]>, name: &str) -> usize {
@@ -77,7 +89,7 @@ fn readings_of<'a>(items: impl Iterator<Item = &'a [u8]>, name: &str) -> usize {
     items
         .filter(|item| item.contains(&b'='))
         .filter_map(|item| form_urlencoded::parse(item.trim_ascii()).next())
-        .filter(|(key, _)| loose_name(key.as_bytes()) == wanted)
+        .filter(|(key, _)| reads_as(key.as_bytes(), &wanted))
         .count()
 }
 
@@ -273,6 +285,12 @@ mod tests {
             "access%20token=x",
             "access[token=x",
             "y=1;access_token=x",
+            "access_token[]=x",
+            "access_token[x]=x",
+            "access_token%5B%5D=x",
+            "access_token%00=x",
+            "]access_token=x",
+            "[access_token]=x",
         ] {
             assert_eq!(
                 lookup(&format!("/ws?access_token=v&{look_alike}")),
