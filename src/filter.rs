@@ -1,24 +1,25 @@
-//! The proxy-wasm shell: the only module that talks to the host. It reads what Envoy gives,
-//! asks the core ([`crate::decide`]) and carries out the verdict. A decision about policy does
-//! not belong here; it belongs in the core.
+//! The proxy-wasm binding: the only module that talks to the proxy-wasm host. It turns Envoy's
+//! callbacks into events of the core's [`Session`] and carries out the [`Action`]s it returns. A
+//! decision about policy does not belong here; it belongs in the session or the policy.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use crate::first_message::{Awaiting, Step};
 use crate::headers::Response;
-use crate::logs::{LogLimiter, LINES_PER_SECOND};
-use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
+use crate::logs::LogLimiter;
+use crate::policy::Policy;
 use crate::request::Request;
-use crate::sockets::{Close, OpenSockets};
-use crate::stats::{Counter, CONFIG_REJECTIONS};
+use crate::session::{self, Action, Flow, Level, Loaded, Session};
+use crate::sockets::OpenSockets;
+use crate::stats::Counter;
 use crate::token::remote::MAX_BODY_BYTES;
-use crate::verdict::{DenyReason, RequestEdit, Verdict};
+use crate::verdict::RequestEdit;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -29,7 +30,7 @@ proxy_wasm::main! {{
             counters: Rc::new(Counters::default()),
             fetches: Vec::new(),
             sockets: Rc::default(),
-            logs: Rc::default(),
+            logs: Arc::default(),
         })
     });
 }}
@@ -39,14 +40,14 @@ struct Root {
     /// The host's id of this context.
     id: u32,
     /// `None` until a configuration compiled. Streams then refuse upgrades (fail closed).
-    policy: Option<Rc<Policy>>,
+    policy: Option<Arc<Policy>>,
     counters: Rc<Counters>,
     /// Key set fetches under way: Envoy's token for the call, and the set's index in the policy.
     fetches: Vec<(u32, usize)>,
     /// Admitted sockets that must close at a set time, shared with the streams.
     sockets: Rc<RefCell<OpenSockets>>,
     /// How many refusal lines this VM may write, shared with the streams.
-    logs: Rc<LogLimiter>,
+    logs: Arc<LogLimiter>,
 }
 
 fn seconds(time: SystemTime) -> u64 {
@@ -72,9 +73,6 @@ impl Counters {
     }
 
     fn add(&self, counter: Counter, amount: usize) {
-        if amount == 0 {
-            return;
-        }
         if let Some(&id) = self.ids.get(counter.index()) {
             let _ = hostcalls::increment_metric(id, i64::try_from(amount).unwrap_or(i64::MAX));
         }
@@ -87,6 +85,25 @@ fn define_counter(name: &str) -> Option<u32> {
         Err(status) => {
             log::warn!("counter {name} could not be defined: {status:?}");
             None
+        }
+    }
+}
+
+fn log(level: Level, line: &str) {
+    match level {
+        Level::Info => log::info!("{line}"),
+        Level::Warn => log::warn!("{line}"),
+        Level::Error => log::error!("{line}"),
+    }
+}
+
+/// Carries out the actions that need no stream: counting and logging.
+fn count_and_log(counters: &Counters, actions: Vec<Action<'_>>) {
+    for action in actions {
+        match action {
+            Action::Count(counter, amount) => counters.add(counter, amount),
+            Action::Log(level, line) => log(level, &line),
+            _ => {}
         }
     }
 }
@@ -108,52 +125,33 @@ impl Context for Root {
             .and_then(|status| std::str::from_utf8(&status).ok()?.parse().ok());
         // One byte past the limit is enough for the core to refuse an oversized set.
         let body = self.get_http_call_response_body(0, body_size.min(MAX_BODY_BYTES + 1)).unwrap_or_default();
-        self.keys_fetched(&policy, index, status, &body);
-    }
-}
-
-impl Root {
-    /// Hands what came of a key set fetch to the core; logs and counts the outcome.
-    fn keys_fetched(&self, policy: &Policy, index: usize, status: Option<u16>, body: &[u8]) {
         let now = seconds(self.get_current_time());
-        let Some(outcome) = policy.keys_fetched(index, now, status, body) else { return };
-        if outcome.is_failure() {
-            log::warn!("{}", outcome.log_line());
-        } else {
-            log::info!("{}", outcome.log_line());
-        }
-        self.counters.add(Counter::for_fetch(&outcome), 1);
+        count_and_log(&self.counters, session::keys_fetched(&policy, index, now, status, &body));
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let json = self.get_plugin_configuration().unwrap_or_default();
-        match Policy::from_json(&json) {
-            Ok(policy) => {
-                log::info!("configuration loaded: {}", policy.summary());
-                for warning in policy.warnings() {
-                    log::warn!("configuration weakens itself: {warning}");
-                }
-                let counters = Counters::define(policy.stat_names());
-                counters.add(Counter::ConfigLoads, 1);
-                self.counters = Rc::new(counters);
-                // Answers to the fetches of an earlier configuration are not for this one.
-                self.fetches.clear();
-                self.set_tick_period(policy.tick_period());
-                self.policy = Some(Rc::new(policy));
-                true
-            }
-            Err(error) => {
-                // Returning false makes Envoy refuse this configuration; a policy loaded earlier
-                // (if any) keeps serving.
-                log::error!("configuration rejected: {error}");
-                if let Some(id) = define_counter(CONFIG_REJECTIONS) {
-                    let _ = hostcalls::increment_metric(id, 1);
-                }
-                false
-            }
+        let loaded = Loaded::from_json(&json);
+        for (level, line) in &loaded.lines {
+            log(*level, line);
         }
+        let Some(policy) = loaded.policy else {
+            // Returning false makes Envoy refuse this configuration.
+            if let Some(id) = define_counter(Loaded::rejection_counter()) {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+            return false;
+        };
+        let counters = Counters::define(policy.stat_names());
+        counters.add(Counter::ConfigLoads, 1);
+        self.counters = Rc::new(counters);
+        // Answers to the fetches of an earlier configuration are not for this one.
+        self.fetches.clear();
+        self.set_tick_period(policy.tick_period());
+        self.policy = Some(Arc::new(policy));
+        true
     }
 
     /// Starts the key set fetches that are due (the first one on the first tick, when Envoy's
@@ -161,32 +159,24 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(policy) = self.policy.clone() else { return };
         let now = milliseconds(self.get_current_time());
-        for (index, fetch) in policy.key_fetches_due(now / 1000) {
+        for (index, fetch) in session::fetches_due(&policy, now / 1000) {
             match self.dispatch_http_call(fetch.cluster, fetch.headers, None, Vec::new(), fetch.timeout) {
                 Ok(token) => self.fetches.push((token, index)),
-                Err(_) => self.keys_fetched(&policy, index, None, &[]),
+                Err(_) => count_and_log(
+                    &self.counters,
+                    session::keys_fetched(&policy, index, now / 1000, None, &[]),
+                ),
             }
         }
         let due = self.sockets.try_borrow_mut().map(|mut sockets| sockets.due(now)).unwrap_or_default();
         for (stream, reason) in due {
             // A stream with no callback in flight can be reset from here, acting as its context;
             // Envoy offers no way to send it a WebSocket close frame (README, "Sockets that end").
-            let reset =
-                hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok();
-            if let (true, Some(counter)) = (reset, Counter::for_close(reason)) {
-                if let Some(line) =
-                    self.logs.admit(format!("admitted socket closed: reason={}", reason.as_str()), now)
-                {
-                    log::warn!("{line}");
-                }
-                self.counters.add(counter, 1);
+            if hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok() {
+                count_and_log(&self.counters, session::closed(&self.logs, reason, now));
             }
         }
-        if let Some(left_out) = self.logs.take_left_out(now) {
-            log::warn!(
-                "{left_out} refusal lines left out (at most {LINES_PER_SECOND} a second; every one counted)"
-            );
-        }
+        count_and_log(&self.counters, session::left_out_line(&self.logs, now).into_iter().collect());
         let _ = hostcalls::set_effective_context(self.id);
     }
 
@@ -194,14 +184,8 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             id: context_id,
             sockets: Rc::clone(&self.sockets),
-            logs: Rc::clone(&self.logs),
-            policy: self.policy.clone(),
             counters: Rc::clone(&self.counters),
-            plan: ResponsePlan::default(),
-            awaiting: None,
-            held: 0,
-            upstream_held: false,
-            refused: false,
+            session: Session::new(self.policy.clone(), Arc::clone(&self.logs)),
         }))
     }
 
@@ -215,239 +199,153 @@ struct Stream {
     /// The host's id of this stream.
     id: u32,
     sockets: Rc<RefCell<OpenSockets>>,
-    logs: Rc<LogLimiter>,
-    policy: Option<Rc<Policy>>,
     counters: Rc<Counters>,
-    /// What the core decided about the response, kept from the request callback.
-    plan: ResponsePlan,
-    /// A socket whose credential is to come in its first message, until it has.
-    awaiting: Option<Awaiting>,
-    /// How many of the client's bytes Envoy holds for this filter (all fed to `awaiting`).
-    held: usize,
-    /// Envoy holds the upstream's bytes for this filter until the credential has verified.
-    upstream_held: bool,
-    /// The socket was refused and reset: nothing more of it goes on.
-    refused: bool,
+    session: Session,
 }
 
 impl Context for Stream {
     fn on_done(&mut self) -> bool {
-        self.set_close(None);
-        // Still waiting: the timer closed it, or the client went away.
-        if let Some(awaiting) = self.awaiting.take() {
-            let reason = awaiting.abandoned(milliseconds(self.get_current_time()));
-            self.refuse(&awaiting, reason);
-        }
+        let now = milliseconds(self.get_current_time());
+        let actions = self.session.on_done(now);
+        carry_out(self.id, &self.sockets, &self.counters, actions);
         true
     }
 }
 
-impl Stream {
-    /// Puts the socket on the root's list to close at `close`, or takes it off.
-    fn set_close(&self, close: Option<Close>) {
-        if let Ok(mut sockets) = self.sockets.try_borrow_mut() {
-            match close {
-                Some(close) => sockets.admit(self.id, close),
-                None => {
-                    sockets.forget(self.id);
+/// Carries out a stream's actions; `flow` becomes the host's answer to the callback.
+fn carry_out(id: u32, sockets: &RefCell<OpenSockets>, counters: &Counters, actions: Vec<Action<'_>>) {
+    for action in actions {
+        match action {
+            Action::EditRequest(edit) => edit_request(edit),
+            Action::Reply(denial) => {
+                let _ = hostcalls::send_http_response(
+                    u32::from(denial.status),
+                    denial.headers(),
+                    Some(denial.body.as_bytes()),
+                );
+            }
+            // Written by `on_http_response_headers` itself, in one call.
+            Action::EditResponse(_) => {}
+            Action::ReplaceRequestBody { cut, keep } => {
+                let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, cut, &keep);
+            }
+            Action::ResumeResponse => {
+                let _ = hostcalls::resume_http_response();
+            }
+            Action::Reset => {
+                let _ = hostcalls::reset_http_request();
+            }
+            Action::Count(counter, amount) => counters.add(counter, amount),
+            Action::Log(level, line) => log(level, &line),
+            Action::CloseAt(close) => {
+                if let Ok(mut sockets) = sockets.try_borrow_mut() {
+                    sockets.admit(id, close);
                 }
             }
-        }
-    }
-
-    /// Counts and logs a socket refused after its handshake. The caller resets it, if needed.
-    fn refuse(&mut self, awaiting: &Awaiting, reason: DenyReason) {
-        self.refused = true;
-        self.set_close(None);
-        if let Some(line) = self.logs.admit(awaiting.log_line(reason), milliseconds(self.get_current_time()))
-        {
-            log::warn!("{line}");
-        }
-        self.counters.add(Counter::Denied(reason), 1);
-    }
-
-    fn apply(&self, edit: RequestEdit<'_>) {
-        match edit {
-            RequestEdit::Set(name, value) => self.set_http_request_header_bytes(name, Some(&value)),
-            RequestEdit::Remove(name) => self.set_http_request_header_bytes(name, None),
-            RequestEdit::RemoveForged(name) => self.set_http_request_header_bytes(&name, None),
-            RequestEdit::Lines(name, lines) => {
-                self.set_http_request_header_bytes(name, None);
-                for line in lines {
-                    self.add_http_request_header_bytes(name, &line);
+            Action::KeepOpen => {
+                if let Ok(mut sockets) = sockets.try_borrow_mut() {
+                    sockets.forget(id);
                 }
             }
         }
     }
 }
 
-impl Stream {
-    /// Feeds the client's next bytes (`end_of_stream`: it will send no more) to the core and
-    /// carries out what it says.
-    fn read_first_message(&mut self, bytes: &[u8], end_of_stream: bool) -> Action {
-        let (Some(mut awaiting), Some(policy)) = (self.awaiting.take(), self.policy.clone()) else {
-            return Action::Continue;
-        };
-        let now = milliseconds(self.get_current_time());
-        match policy.read_first_message(&mut awaiting, bytes, end_of_stream, now) {
-            Step::Hold => {
-                self.awaiting = Some(awaiting);
-                // Pause on a body is StopIterationAndBuffer, on trailers StopIteration: Envoy
-                // keeps the bytes.
-                Action::Pause
-            }
-            Step::Release { cut, keep, close } => {
-                if cut > 0 {
-                    // Replaces the first `cut` bytes held (the auth message) with `keep`.
-                    self.set_http_request_body(0, cut, &keep);
-                }
-                self.set_close(close);
-                self.counters.add(Counter::Allowed, 1);
-                if self.upstream_held {
-                    self.upstream_held = false;
-                    self.resume_http_response();
-                }
-                Action::Continue
-            }
-            Step::Refuse(reason) => {
-                self.refuse(&awaiting, reason);
-                let _ = hostcalls::reset_http_request();
-                Action::Pause
+fn edit_request(edit: RequestEdit<'_>) {
+    let headers = MapType::HttpRequestHeaders;
+    match edit {
+        RequestEdit::Set(name, value) => {
+            let _ = hostcalls::set_map_value_bytes(headers, name, Some(&value));
+        }
+        RequestEdit::Remove(name) => {
+            let _ = hostcalls::set_map_value_bytes(headers, name, None);
+        }
+        RequestEdit::RemoveForged(name) => {
+            let _ = hostcalls::set_map_value_bytes(headers, &name, None);
+        }
+        RequestEdit::Lines(name, lines) => {
+            let _ = hostcalls::set_map_value_bytes(headers, name, None);
+            for line in lines {
+                let _ = hostcalls::add_map_value_bytes(headers, name, &line);
             }
         }
+    }
+}
+
+fn host_action(flow: Flow) -> HostAction {
+    match flow {
+        Flow::Continue => HostAction::Continue,
+        // On a body, Envoy then keeps the bytes (StopIterationAndBuffer); on trailers, it stops.
+        Flow::Pause => HostAction::Pause,
     }
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> HostAction {
         // The bytes form: header values need not be UTF-8, and the SDK's String form would
         // panic on one that is not.
         // Whether the downstream connection is TLS, from the connection itself: Envoy sets
         // this property only for a TLS connection.
         let tls = self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
         let request = Request::new(self.get_http_request_headers_bytes()).with_tls(tls);
-        let clock = || milliseconds(self.get_current_time());
-        let policy = self.policy.as_deref();
-        let (verdict, plan) = decide_and_plan(policy, &request, clock);
-        self.plan = plan;
-        if let Some(line) = verdict.log_line(&request) {
-            if let Some(line) = self.logs.admit(line, milliseconds(self.get_current_time())) {
-                log::warn!("{line}");
-            }
-        }
-        if let Some(counter) = Counter::for_verdict(&verdict) {
-            self.counters.add(counter, 1);
-        }
-        if let Some(policy) = policy {
-            let (hits, misses) = policy.take_cache_counts();
-            self.counters.add(Counter::CredentialCacheHits, usize::try_from(hits).unwrap_or(usize::MAX));
-            self.counters.add(Counter::CredentialCacheMisses, usize::try_from(misses).unwrap_or(usize::MAX));
-        }
-        match verdict {
-            Verdict::Pass(edits)
-            | Verdict::Admit(edits)
-            | Verdict::ShadowAdmit(edits)
-            | Verdict::ShadowDeny(_, edits) => {
-                for edit in edits {
-                    self.apply(edit);
-                }
-                Action::Continue
-            }
-            Verdict::Await { edits, awaiting } => {
-                for edit in edits {
-                    self.apply(edit);
-                }
-                self.set_close(Some(awaiting.timeout()));
-                self.awaiting = Some(awaiting);
-                Action::Continue
-            }
-            Verdict::Deny(denial) => {
-                // Before the reply: Envoy's access log reads the request as it is then.
-                for edit in denial.scrub.iter().cloned() {
-                    self.apply(edit);
-                }
-                self.send_http_response(
-                    u32::from(denial.status),
-                    denial.headers(),
-                    Some(denial.body.as_bytes()),
-                );
-                Action::Pause
-            }
-        }
+        let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
+        let (flow, actions) = self.session.on_request_headers(&request, clock);
+        carry_out(self.id, &self.sockets, &self.counters, actions);
+        host_action(flow)
     }
 
     /// The client's bytes, held while a socket waits for its first message.
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.refused {
-            return Action::Pause;
-        }
-        // Every frame of every socket comes here: nothing is asked of the host unless waiting.
-        if self.awaiting.is_none() {
-            return Action::Continue;
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
+        if !self.session.wants_request_body() {
+            return host_action(self.session.on_request_body(&[], body_size, end_of_stream, 0).0);
         }
         // Envoy hands over everything held so far; only what is new is read.
-        let new = body_size.saturating_sub(self.held);
-        let bytes = match new {
+        let held = self.session.request_body_held();
+        let new = match body_size.saturating_sub(held) {
             0 => Vec::new(),
-            _ => self.get_http_request_body(self.held, new).unwrap_or_default(),
+            new => self.get_http_request_body(held, new).unwrap_or_default(),
         };
-        self.held = body_size;
-        self.read_first_message(&bytes, end_of_stream)
+        let now = milliseconds(self.get_current_time());
+        let (flow, actions) = self.session.on_request_body(&new, body_size, end_of_stream, now);
+        carry_out(self.id, &self.sockets, &self.counters, actions);
+        host_action(flow)
     }
 
-    /// Trailers end the client's stream (HTTP/2 and HTTP/3). While the socket waits, they would
-    /// carry the held bytes on with them: the stream ends here, before its credential.
-    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if self.refused {
-            return Action::Pause;
-        }
-        if self.awaiting.is_none() {
-            return Action::Continue;
-        }
-        self.read_first_message(&[], true)
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> HostAction {
+        let now = milliseconds(self.get_current_time());
+        let (flow, actions) = self.session.on_request_trailers(now);
+        carry_out(self.id, &self.sockets, &self.counters, actions);
+        host_action(flow)
     }
 
-    /// The upstream's bytes to a socket that waits for its first message: held until the
-    /// credential has verified, within the policy's bound.
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.refused {
-            return Action::Pause;
-        }
-        let Some(awaiting) = self.awaiting.take() else { return Action::Continue };
-        match awaiting.hold_upstream(body_size) {
-            Ok(()) => {
-                self.awaiting = Some(awaiting);
-                self.upstream_held = true;
-                Action::Pause
-            }
-            Err(reason) => {
-                self.refuse(&awaiting, reason);
-                let _ = hostcalls::reset_http_request();
-                Action::Pause
-            }
-        }
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> HostAction {
+        let now = milliseconds(self.get_current_time());
+        let (flow, actions) = self.session.on_response_body(body_size, now);
+        carry_out(self.id, &self.sockets, &self.counters, actions);
+        host_action(flow)
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if !self.plan.edits_response() && !self.plan.may_close() && self.awaiting.is_none() {
-            return Action::Continue;
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> HostAction {
+        if !self.session.wants_response_headers() {
+            return HostAction::Continue;
         }
         let response = Response::new(self.get_http_response_headers_bytes());
-        if self.awaiting.is_some() && !response.opens_socket() {
-            // The upstream refused the upgrade: there is no socket to wait on.
-            self.awaiting = None;
-            self.set_close(None);
-        }
-        if let Some(close) = self.plan.close_after(&response) {
-            self.set_close(Some(close));
-        }
-        let edits = respond(self.policy.as_deref(), self.plan, &response);
+        let actions = self.session.on_response_headers(&response);
+        // Every header edit in one call: each call across the VM boundary costs more than the
+        // work it asks of Envoy.
+        let edits: Vec<_> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::EditResponse(edits) => Some(edits.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect();
         if !edits.is_empty() {
-            self.counters.add(Counter::ResponseHeadersAdded, edits.len());
-            // One call for every edit: each call across the VM boundary costs more than the
-            // work it asks of Envoy.
-            self.set_http_response_headers_bytes(response.edited(&edits));
+            let _ = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, response.edited(&edits));
         }
-        Action::Continue
+        carry_out(self.id, &self.sockets, &self.counters, actions);
+        HostAction::Continue
     }
 }

@@ -37,6 +37,7 @@ pub mod request;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod scope;
+pub mod session;
 pub mod sockets;
 pub mod stats;
 pub mod token;

@@ -3,27 +3,33 @@
 //! burst, and the ones left out are counted and reported with the next line written. Counters
 //! are not limited: they stay exact.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Refusal lines a VM writes per second, on average.
 pub const LINES_PER_SECOND: u64 = 10;
 /// Refusal lines a VM may write at once, after a quiet time.
 pub const BURST: u64 = 50;
 
-/// A token bucket of log lines, in thousandths of a line, refilled by the host's clock.
+/// A token bucket of log lines, in thousandths of a line, refilled by the host's clock. Shared
+/// by the streams of a configuration (every worker thread in the native build): two threads
+/// that update it at once may let a line more or less through, never miscount a counter.
 #[derive(Debug)]
 pub struct LogLimiter {
     /// Thousandths of a line that may be written now, at most `BURST * 1000`.
-    allowance: Cell<u64>,
+    allowance: AtomicU64,
     /// When the allowance was last topped up (milliseconds since the Unix epoch).
-    at: Cell<u64>,
+    at: AtomicU64,
     /// Lines left out since the last one written.
-    left_out: Cell<u64>,
+    left_out: AtomicU64,
 }
 
 impl Default for LogLimiter {
     fn default() -> LogLimiter {
-        LogLimiter { allowance: Cell::new(BURST * 1000), at: Cell::new(0), left_out: Cell::new(0) }
+        LogLimiter {
+            allowance: AtomicU64::new(BURST * 1000),
+            at: AtomicU64::new(0),
+            left_out: AtomicU64::new(0),
+        }
     }
 }
 
@@ -38,17 +44,16 @@ impl LogLimiter {
     /// `line`, if one may be written at `now` (milliseconds since the Unix epoch), with the
     /// number of lines left out before it; `None` if it is left out.
     pub fn admit(&self, line: String, now: u64) -> Option<String> {
-        let elapsed = now.saturating_sub(self.at.get());
-        self.at.set(self.at.get().max(now));
-        let refilled = self.allowance.get().saturating_add(elapsed.saturating_mul(LINES_PER_SECOND));
+        let elapsed = now.saturating_sub(self.at.fetch_max(now, Relaxed));
+        let refilled = self.allowance.load(Relaxed).saturating_add(elapsed.saturating_mul(LINES_PER_SECOND));
         let allowance = refilled.min(BURST * 1000);
         if allowance < 1000 {
-            self.allowance.set(allowance);
-            self.left_out.set(self.left_out.get().saturating_add(1));
+            self.allowance.store(allowance, Relaxed);
+            self.left_out.fetch_add(1, Relaxed);
             return None;
         }
-        self.allowance.set(allowance - 1000);
-        match self.left_out.replace(0) {
+        self.allowance.store(allowance - 1000, Relaxed);
+        match self.left_out.swap(0, Relaxed) {
             0 => Some(line),
             left_out => Some(format!("{line} (and {left_out} refusal lines left out before this one)")),
         }
@@ -57,14 +62,10 @@ impl LogLimiter {
     /// The lines left out since the last one written, reported and reset once a second has
     /// passed without one: for a timer, so that the end of a flood is told too.
     pub fn take_left_out(&self, now: u64) -> Option<u64> {
-        let quiet = now.saturating_sub(self.at.get()) >= 1000;
-        match self.left_out.get() {
-            0 => None,
-            _ if !quiet => None,
-            left_out => {
-                self.left_out.set(0);
-                Some(left_out)
-            }
+        let quiet = now.saturating_sub(self.at.load(Relaxed)) >= 1000;
+        match quiet {
+            true => Some(self.left_out.swap(0, Relaxed)).filter(|&left_out| left_out > 0),
+            false => None,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! earlier of the token's expiry and a TTL. A failure is never cached. When full, the entry used
 //! longest ago makes room.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The identity a verified credential gave: (index of the header, value).
 pub type Identity = Vec<(usize, Vec<u8>)>;
@@ -21,17 +22,18 @@ struct Entry {
     last_used: u64,
 }
 
-/// Bounded, least-recently-used, never serving an expired entry. Interior mutability because a
-/// VM is single-threaded and the policy that holds it is shared read-only; a borrow that cannot
-/// be had (it never happens on one thread) just means no cache, never a panic.
+/// Bounded, least-recently-used, never serving an expired entry. Shared by every stream of a
+/// configuration (every worker thread, in the native build) behind one lock, held for a lookup
+/// or an insert only, never while a signature is verified; a lock that cannot be had (a panic
+/// while it was held) just means no cache, never a panic.
 #[derive(Debug, Default)]
 pub struct CredentialCache {
     max_entries: usize,
     ttl: u64,
-    entries: RefCell<HashMap<[u8; 32], Entry>>,
-    ticks: Cell<u64>,
-    hits: Cell<u64>,
-    misses: Cell<u64>,
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    ticks: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Clone for CredentialCache {
@@ -47,9 +49,7 @@ impl CredentialCache {
     }
 
     fn tick(&self) -> u64 {
-        let tick = self.ticks.get().wrapping_add(1);
-        self.ticks.set(tick);
-        tick
+        self.ticks.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
     }
 
     /// The identity stored for `key` and its token's expiry, if there is one that has not
@@ -59,7 +59,7 @@ impl CredentialCache {
             return None;
         }
         let tick = self.tick();
-        let Ok(mut entries) = self.entries.try_borrow_mut() else {
+        let Ok(mut entries) = self.entries.lock() else {
             return None;
         };
         let found = match entries.get_mut(key) {
@@ -74,7 +74,7 @@ impl CredentialCache {
             None => None,
         };
         let counter = if found.is_some() { &self.hits } else { &self.misses };
-        counter.set(counter.get() + 1);
+        counter.fetch_add(1, Ordering::Relaxed);
         found
     }
 
@@ -87,7 +87,7 @@ impl CredentialCache {
             return;
         }
         let tick = self.tick();
-        let Ok(mut entries) = self.entries.try_borrow_mut() else {
+        let Ok(mut entries) = self.entries.lock() else {
             return;
         };
         if entries.len() >= self.max_entries && !entries.contains_key(&key) {
@@ -105,11 +105,11 @@ impl CredentialCache {
 
     /// Hits and misses since the last call (for the counters).
     pub fn take_counts(&self) -> (u64, u64) {
-        (self.hits.replace(0), self.misses.replace(0))
+        (self.hits.swap(0, Ordering::Relaxed), self.misses.swap(0, Ordering::Relaxed))
     }
 
     pub fn len(&self) -> usize {
-        self.entries.try_borrow().map(|entries| entries.len()).unwrap_or(0)
+        self.entries.lock().map(|entries| entries.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {

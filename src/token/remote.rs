@@ -4,8 +4,7 @@
 //! inline key verifies is refused as `jwks_unavailable`; a failed or bad fetch keeps the last
 //! good set.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -19,8 +18,10 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const MIN_REFRESH: u64 = 1;
 const MAX_REFRESH: u64 = 86_400;
 
-/// The compiled `remote_jwks`, with the keys fetched so far and the fetch schedule.
-#[derive(Clone, Debug)]
+/// The compiled `remote_jwks`, with the keys fetched so far and the fetch schedule: one per
+/// configuration, shared by every stream (every worker thread in the native build) behind a
+/// lock held only to read or replace the schedule and the key set's pointer.
+#[derive(Debug)]
 pub struct RemoteJwks {
     pub cluster: String,
     pub authority: String,
@@ -30,13 +31,26 @@ pub struct RemoteJwks {
     timeout: Duration,
     /// The largest RSA modulus a fetched key may have (`auth.jwt.max_rsa_bits`).
     max_rsa_bits: usize,
-    state: RefCell<State>,
+    state: Mutex<State>,
+}
+
+impl Clone for RemoteJwks {
+    fn clone(&self) -> RemoteJwks {
+        let state = self.state.lock().map(|state| state.clone()).unwrap_or_default();
+        RemoteJwks {
+            cluster: self.cluster.clone(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            state: Mutex::new(state),
+            ..*self
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct State {
     /// The last good set; `None` until one has arrived.
-    keys: Option<Rc<Vec<Jwk>>>,
+    keys: Option<Arc<Vec<Jwk>>>,
     /// The first second at which the next fetch is due; 0: at once.
     next_fetch: u64,
     in_flight: bool,
@@ -122,7 +136,7 @@ impl RemoteJwks {
             retry: config.retry_seconds,
             timeout: Duration::from_millis(config.timeout_ms),
             max_rsa_bits: crate::token::jwk::RSA_MAX_BITS,
-            state: RefCell::new(State::default()),
+            state: Mutex::new(State::default()),
         })
     }
 
@@ -132,14 +146,14 @@ impl RemoteJwks {
     }
 
     /// The keys of the last good set, or `None` before the first one.
-    pub fn keys(&self) -> Option<Rc<Vec<Jwk>>> {
-        self.state.try_borrow().ok().and_then(|state| state.keys.clone())
+    pub fn keys(&self) -> Option<Arc<Vec<Jwk>>> {
+        self.state.lock().ok().and_then(|state| state.keys.clone())
     }
 
     /// The fetch to make now, if one is due and none is under way; it is then under way until
     /// [`RemoteJwks::answer`] hears of it.
     pub fn due(&self, now: u64) -> Option<Fetch<'_>> {
-        let mut state = self.state.try_borrow_mut().ok()?;
+        let mut state = self.state.lock().ok()?;
         if state.in_flight || now < state.next_fetch {
             return None;
         }
@@ -159,7 +173,7 @@ impl RemoteJwks {
     /// A token named a `kid` that no key has: the set may have rotated. Brings the next fetch
     /// forward, at most once per `retry_seconds`, never once per request.
     pub fn unknown_kid(&self, now: u64) {
-        let Ok(mut state) = self.state.try_borrow_mut() else { return };
+        let Ok(mut state) = self.state.lock() else { return };
         if state.last_early.is_some_and(|last| now < last.saturating_add(self.retry)) {
             return;
         }
@@ -180,8 +194,8 @@ impl RemoteJwks {
             Some(200) => match parse_set(body, algorithms, self.max_rsa_bits) {
                 Ok((keys, skipped)) => {
                     let count = keys.len();
-                    if let Ok(mut state) = self.state.try_borrow_mut() {
-                        state.keys = Some(Rc::new(keys));
+                    if let Ok(mut state) = self.state.lock() {
+                        state.keys = Some(Arc::new(keys));
                     }
                     FetchOutcome::Updated { keys: count, skipped }
                 }
@@ -190,7 +204,7 @@ impl RemoteJwks {
             Some(status) => FetchOutcome::Failed(format!("status {status}")),
             None => FetchOutcome::Failed("no answer (cluster unknown or unreachable, or timed out)".into()),
         };
-        if let Ok(mut state) = self.state.try_borrow_mut() {
+        if let Ok(mut state) = self.state.lock() {
             state.in_flight = false;
             let wait =
                 if matches!(outcome, FetchOutcome::Updated { .. }) { self.refresh } else { self.retry };

@@ -1,0 +1,400 @@
+//! The host-agnostic filter: what each host event means under a policy, as the actions the host
+//! is to carry out (sans-IO, in the manner of `quinn-proto` or `rustls`). A host binding (the
+//! proxy-wasm one in `filter.rs`, the Envoy dynamic module in `module/`) turns Envoy's callbacks
+//! into calls of [`Session`] and the returned [`Action`]s into its own calls, and decides
+//! nothing itself.
+//!
+//! Per configuration the binding keeps one [`Policy`] and one [`LogLimiter`] (shared by every
+//! stream, and by every worker thread in the native build); per stream, one [`Session`].
+
+use std::sync::Arc;
+
+use crate::first_message::{Awaiting, Step};
+use crate::headers::{HeaderEdit, Response};
+use crate::logs::{LogLimiter, LINES_PER_SECOND};
+use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
+use crate::request::Request;
+use crate::sockets::{Close, CloseReason};
+use crate::stats::{Counter, CONFIG_REJECTIONS};
+use crate::token::remote::Fetch;
+use crate::verdict::{Denial, DenyReason, RequestEdit, Verdict};
+
+/// Whether the stream goes on after an event, or stops where it is (Envoy keeps what it holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// How loud a log line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// One thing for the host to do, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<'p> {
+    /// Change the request headers.
+    EditRequest(RequestEdit<'p>),
+    /// Answer the request locally with the refusal's status, headers and body.
+    Reply(Denial<'p>),
+    /// Change the response headers.
+    EditResponse(Vec<HeaderEdit<'p>>),
+    /// Replace the first `cut` bytes of the request body held so far with `keep`.
+    ReplaceRequestBody { cut: usize, keep: Vec<u8> },
+    /// Let the response body that was held go on.
+    ResumeResponse,
+    /// End the stream at once, in both directions.
+    Reset,
+    /// Add to a counter.
+    Count(Counter, usize),
+    /// Write a log line (never one with a credential in it).
+    Log(Level, String),
+    /// Close the socket at this time, with this reason: the host calls
+    /// [`Session::on_close_due`] then. Replaces any time set before.
+    CloseAt(Close),
+    /// The socket no longer needs closing at a set time.
+    KeepOpen,
+}
+
+/// A configuration as it loaded: the policy and what to log and count, or why it was refused.
+pub struct Loaded {
+    pub policy: Option<Policy>,
+    pub lines: Vec<(Level, String)>,
+}
+
+impl Loaded {
+    /// Compiles the plugin configuration (JSON).
+    pub fn from_json(json: &[u8]) -> Loaded {
+        match Policy::from_json(json) {
+            Ok(policy) => {
+                let mut lines = vec![(Level::Info, format!("configuration loaded: {}", policy.summary()))];
+                for warning in policy.warnings() {
+                    lines.push((Level::Warn, format!("configuration weakens itself: {warning}")));
+                }
+                Loaded { policy: Some(policy), lines }
+            }
+            // The host refuses this configuration; a policy loaded earlier (if any) keeps
+            // serving.
+            Err(error) => Loaded {
+                policy: None,
+                lines: vec![(Level::Error, format!("configuration rejected: {error}"))],
+            },
+        }
+    }
+
+    /// The counter a refused configuration adds one to, by its full name (no policy, so no
+    /// prefix).
+    pub fn rejection_counter() -> &'static str {
+        CONFIG_REJECTIONS
+    }
+}
+
+/// What the host does once a key set fetch for `index` came back (`status`: `None` for no
+/// answer at all) at `now` (seconds).
+pub fn keys_fetched(
+    policy: &Policy,
+    index: usize,
+    now: u64,
+    status: Option<u16>,
+    body: &[u8],
+) -> Vec<Action<'static>> {
+    let Some(outcome) = policy.keys_fetched(index, now, status, body) else { return Vec::new() };
+    let level = if outcome.is_failure() { Level::Warn } else { Level::Info };
+    vec![Action::Log(level, outcome.log_line()), Action::Count(Counter::for_fetch(&outcome), 1)]
+}
+
+/// The key set fetches due at `now` (seconds): each with the index to hand back to
+/// [`keys_fetched`].
+pub fn fetches_due(policy: &Policy, now: u64) -> Vec<(usize, Fetch<'_>)> {
+    policy.key_fetches_due(now)
+}
+
+/// The line that tells how many refusal lines were left out, once the flood is over: for the
+/// host's timer, at `now` (milliseconds).
+pub fn left_out_line(logs: &LogLimiter, now: u64) -> Option<Action<'static>> {
+    let left_out = logs.take_left_out(now)?;
+    Some(Action::Log(
+        Level::Warn,
+        format!("{left_out} refusal lines left out (at most {LINES_PER_SECOND} a second; every one counted)"),
+    ))
+}
+
+/// One stream: an HTTP request and its response, and after an upgrade, the socket.
+#[derive(Debug)]
+pub struct Session {
+    policy: Option<Arc<Policy>>,
+    logs: Arc<LogLimiter>,
+    /// What the request decided for the response.
+    plan: ResponsePlan,
+    /// A socket whose credential is to come in its first message, until it has.
+    awaiting: Option<Awaiting>,
+    /// How many of the client's bytes the host holds (all read by `awaiting`).
+    held: usize,
+    /// The host holds the upstream's bytes until the credential has verified.
+    upstream_held: bool,
+    /// The socket was refused and reset: nothing more of it goes on.
+    refused: bool,
+    /// A close time was set and not taken back.
+    closing: bool,
+}
+
+impl Session {
+    /// A stream under `policy` (`None`: no valid configuration, so upgrades are refused).
+    pub fn new(policy: Option<Arc<Policy>>, logs: Arc<LogLimiter>) -> Session {
+        Session {
+            policy,
+            logs,
+            plan: ResponsePlan::default(),
+            awaiting: None,
+            held: 0,
+            upstream_held: false,
+            refused: false,
+            closing: false,
+        }
+    }
+
+    /// The request headers arrived. `clock` gives the time in milliseconds since the Unix epoch;
+    /// it is read only when a decision needs it.
+    pub fn on_request_headers(
+        &mut self,
+        request: &Request,
+        clock: impl Fn() -> u64,
+    ) -> (Flow, Vec<Action<'_>>) {
+        let policy = self.policy.as_deref();
+        let (verdict, plan) = decide_and_plan(policy, request, &clock);
+        self.plan = plan;
+        let mut actions = Vec::new();
+        if let Some(line) = verdict.log_line(request) {
+            if let Some(line) = self.logs.admit(line, clock()) {
+                actions.push(Action::Log(Level::Warn, line));
+            }
+        }
+        if let Some(counter) = Counter::for_verdict(&verdict) {
+            actions.push(Action::Count(counter, 1));
+        }
+        if let Some(policy) = policy {
+            let (hits, misses) = policy.take_cache_counts();
+            for (counter, count) in
+                [(Counter::CredentialCacheHits, hits), (Counter::CredentialCacheMisses, misses)]
+            {
+                if count > 0 {
+                    actions.push(Action::Count(counter, usize::try_from(count).unwrap_or(usize::MAX)));
+                }
+            }
+        }
+        let flow = match verdict {
+            Verdict::Pass(edits)
+            | Verdict::Admit(edits)
+            | Verdict::ShadowAdmit(edits)
+            | Verdict::ShadowDeny(_, edits) => {
+                actions.extend(edits.into_iter().map(Action::EditRequest));
+                Flow::Continue
+            }
+            Verdict::Await { edits, awaiting } => {
+                actions.extend(edits.into_iter().map(Action::EditRequest));
+                actions.push(Action::CloseAt(awaiting.timeout()));
+                self.closing = true;
+                self.awaiting = Some(awaiting);
+                Flow::Continue
+            }
+            Verdict::Deny(mut denial) => {
+                // Before the reply: Envoy's access log reads the request as it is then.
+                actions.extend(std::mem::take(&mut denial.scrub).into_iter().map(Action::EditRequest));
+                actions.push(Action::Reply(denial));
+                Flow::Pause
+            }
+        };
+        (flow, actions)
+    }
+
+    /// Whether the host must hand over the request body: only while a socket waits for its
+    /// first message. Every frame of every socket is a body event; the others cost nothing.
+    pub fn wants_request_body(&self) -> bool {
+        self.awaiting.is_some() && !self.refused
+    }
+
+    /// How many bytes of the request body the host holds already: [`Session::on_request_body`]
+    /// wants only the ones after these.
+    pub fn request_body_held(&self) -> usize {
+        self.held
+    }
+
+    /// The client's next bytes: `new` are the ones after [`Session::request_body_held`], and
+    /// `held` how many the host holds now, these included (`end_of_stream`: no more will come).
+    pub fn on_request_body(
+        &mut self,
+        new: &[u8],
+        held: usize,
+        end_of_stream: bool,
+        now: u64,
+    ) -> (Flow, Vec<Action<'static>>) {
+        if self.refused {
+            return (Flow::Pause, Vec::new());
+        }
+        if self.awaiting.is_none() {
+            return (Flow::Continue, Vec::new());
+        }
+        self.held = held;
+        self.read_first_message(new, end_of_stream, now)
+    }
+
+    /// Trailers end the client's stream (HTTP/2 and HTTP/3). While the socket waits, they would
+    /// carry the held bytes on with them: the stream ends here, before its credential.
+    pub fn on_request_trailers(&mut self, now: u64) -> (Flow, Vec<Action<'static>>) {
+        if self.refused {
+            return (Flow::Pause, Vec::new());
+        }
+        if self.awaiting.is_none() {
+            return (Flow::Continue, Vec::new());
+        }
+        self.read_first_message(&[], true, now)
+    }
+
+    fn read_first_message(
+        &mut self,
+        bytes: &[u8],
+        end_of_stream: bool,
+        now: u64,
+    ) -> (Flow, Vec<Action<'static>>) {
+        let (Some(mut awaiting), Some(policy)) = (self.awaiting.take(), self.policy.clone()) else {
+            return (Flow::Continue, Vec::new());
+        };
+        match policy.read_first_message(&mut awaiting, bytes, end_of_stream, now) {
+            Step::Hold => {
+                self.awaiting = Some(awaiting);
+                (Flow::Pause, Vec::new())
+            }
+            Step::Release { cut, keep, close } => {
+                let mut actions = Vec::new();
+                if cut > 0 {
+                    actions.push(Action::ReplaceRequestBody { cut, keep });
+                }
+                actions.push(self.close_at(close));
+                actions.push(Action::Count(Counter::Allowed, 1));
+                if self.upstream_held {
+                    self.upstream_held = false;
+                    actions.push(Action::ResumeResponse);
+                }
+                (Flow::Continue, actions)
+            }
+            Step::Refuse(reason) => {
+                let mut actions = self.refuse(&awaiting, reason, now);
+                actions.push(Action::Reset);
+                (Flow::Pause, actions)
+            }
+        }
+    }
+
+    /// Whether the host must hand over the response headers: reading them costs a host call
+    /// that most responses need not pay.
+    pub fn wants_response_headers(&self) -> bool {
+        self.plan.edits_response() || self.plan.may_close() || self.awaiting.is_some()
+    }
+
+    /// The response headers arrived.
+    pub fn on_response_headers(&mut self, response: &Response) -> Vec<Action<'_>> {
+        let mut actions = Vec::new();
+        if self.awaiting.is_some() && !response.opens_socket() {
+            // The upstream refused the upgrade: there is no socket to wait on.
+            self.awaiting = None;
+            actions.push(self.close_at(None));
+        }
+        if let Some(close) = self.plan.close_after(response) {
+            actions.push(self.close_at(Some(close)));
+        }
+        let edits = respond(self.policy.as_deref(), self.plan, response);
+        if !edits.is_empty() {
+            actions.push(Action::Count(Counter::ResponseHeadersAdded, edits.len()));
+            actions.push(Action::EditResponse(edits));
+        }
+        actions
+    }
+
+    /// The upstream's bytes, `held` of them so far: held while the socket waits for its first
+    /// message, within the policy's bound.
+    pub fn on_response_body(&mut self, held: usize, now: u64) -> (Flow, Vec<Action<'static>>) {
+        if self.refused {
+            return (Flow::Pause, Vec::new());
+        }
+        let Some(awaiting) = self.awaiting.take() else { return (Flow::Continue, Vec::new()) };
+        match awaiting.hold_upstream(held) {
+            Ok(()) => {
+                self.awaiting = Some(awaiting);
+                self.upstream_held = true;
+                (Flow::Pause, Vec::new())
+            }
+            Err(reason) => {
+                let mut actions = self.refuse(&awaiting, reason, now);
+                actions.push(Action::Reset);
+                (Flow::Pause, actions)
+            }
+        }
+    }
+
+    /// The time set by [`Action::CloseAt`] has come: the host resets the stream, then counts
+    /// and logs. A socket still waiting for its first message is refused instead, when the
+    /// stream ends ([`Session::on_done`]).
+    pub fn on_close_due(&mut self, reason: CloseReason, now: u64) -> Vec<Action<'static>> {
+        self.closing = false;
+        let mut actions = vec![Action::Reset];
+        if self.awaiting.is_none() {
+            actions.extend(closed(&self.logs, reason, now));
+        }
+        actions
+    }
+
+    /// The stream ended. A socket still waiting was closed by its timer or left by its client.
+    pub fn on_done(&mut self, now: u64) -> Vec<Action<'static>> {
+        let mut actions = Vec::new();
+        if self.closing {
+            actions.push(self.close_at(None));
+        }
+        if let Some(awaiting) = self.awaiting.take() {
+            let reason = awaiting.abandoned(now);
+            actions.extend(self.refuse(&awaiting, reason, now));
+        }
+        actions
+    }
+
+    fn close_at(&mut self, close: Option<Close>) -> Action<'static> {
+        self.closing = close.is_some();
+        match close {
+            Some(close) => Action::CloseAt(close),
+            None => Action::KeepOpen,
+        }
+    }
+
+    /// Counts and logs a socket refused after its handshake. The caller resets it.
+    fn refuse(&mut self, awaiting: &Awaiting, reason: DenyReason, now: u64) -> Vec<Action<'static>> {
+        self.refused = true;
+        let mut actions = vec![self.close_at(None)];
+        if let Some(line) = self.logs.admit(awaiting.log_line(reason), now) {
+            actions.push(Action::Log(Level::Warn, line));
+        }
+        actions.push(Action::Count(Counter::Denied(reason), 1));
+        actions
+    }
+}
+
+/// What follows the reset of an admitted socket whose time came (`reason`) at `now`: for a host
+/// that resets streams from its own timer, by their ids, without their sessions at hand.
+pub fn closed(logs: &LogLimiter, reason: CloseReason, now: u64) -> Vec<Action<'static>> {
+    let mut actions = Vec::new();
+    let Some(counter) = Counter::for_close(reason) else { return actions };
+    if let Some(line) = logs.admit(format!("admitted socket closed: reason={}", reason.as_str()), now) {
+        actions.push(Action::Log(Level::Warn, line));
+    }
+    actions.push(Action::Count(counter, 1));
+    actions
+}
+
+/// Every worker thread of the native build shares one policy and one log limiter.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Policy>();
+    shared::<LogLimiter>();
+};

@@ -1,0 +1,199 @@
+//! The host-agnostic session on the public core API: which actions each host event leads to.
+//! What every host binding (proxy-wasm, the dynamic module) carries out as it is, so its
+//! behaviour is tested here once, natively and compiled to wasm32.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use common::client_frame;
+use wsgate::logs::LogLimiter;
+use wsgate::session::{Action, Flow, Level, Loaded, Session};
+use wsgate::sockets::{Close, CloseReason};
+use wsgate::stats::Counter;
+use wsgate::{DenyReason, Policy, Request, RequestEdit, Response};
+
+/// Milliseconds since the Unix epoch.
+const NOW: u64 = 1_790_000_000_000;
+const ORIGIN: &str = "https://app.example.com";
+/// The API key whose SHA-256 the policy holds.
+const API_KEY: &str = "k-7f3a9c";
+
+fn policy(first_message: bool) -> Arc<Policy> {
+    let mut sources = vec![json!({"query": "access_token"})];
+    if first_message {
+        sources.push(json!({"first_message": {"token_pointer": "/token", "timeout_ms": 5000,
+                                              "max_bytes": 1024, "upstream_max_bytes": 16}}));
+    }
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "auth": {"sources": sources, "key_id_header": "x-key-id",
+                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
+        "max_connection_seconds": 60
+    });
+    Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn session(policy: Option<Arc<Policy>>) -> Session {
+    Session::new(policy, Arc::new(LogLimiter::default()))
+}
+
+fn request(path: &str, upgrade: bool) -> Request {
+    let mut lines =
+        vec![(":method", "GET"), (":path", path), (":authority", "chat.example.com"), ("origin", ORIGIN)];
+    if upgrade {
+        lines.extend([("connection", "upgrade"), ("upgrade", "websocket")]);
+    }
+    Request::new(lines.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
+}
+
+fn response(status: &str) -> Response {
+    Response::new(vec![(":status".to_string(), status.as_bytes().to_vec())])
+}
+
+fn counts(actions: &[Action<'_>]) -> Vec<Counter> {
+    actions.iter().filter_map(|a| if let Action::Count(c, _) = a { Some(*c) } else { None }).collect()
+}
+
+fn auth_message(key: &str) -> Vec<u8> {
+    client_frame(true, 0x1, json!({"token": key}).to_string().as_bytes())
+}
+
+#[test]
+fn an_ordinary_request_goes_on_and_its_response_gets_the_security_headers() {
+    let mut session = session(Some(policy(false)));
+    let (flow, actions) = session.on_request_headers(&request("/", false), || NOW);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(counts(&actions), vec![], "an ordinary request is not counted");
+    assert!(session.wants_response_headers());
+    let actions = session.on_response_headers(&response("200"));
+    assert!(actions.iter().any(|a| matches!(a, Action::EditResponse(edits) if !edits.is_empty())));
+}
+
+#[test]
+fn a_refused_upgrade_is_answered_locally_after_its_credential_is_scrubbed_from_the_path() {
+    let mut session = session(Some(policy(false)));
+    let (flow, actions) = session.on_request_headers(&request("/ws?access_token=wrong&x=1", true), || NOW);
+    assert_eq!(flow, Flow::Pause);
+    let scrub = actions.iter().position(|a| matches!(a, Action::EditRequest(RequestEdit::Set(":path", _))));
+    let reply =
+        actions.iter().position(|a| matches!(a, Action::Reply(d) if d.reason == DenyReason::ApiKeyInvalid));
+    assert!(scrub.unwrap() < reply.unwrap(), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Log(Level::Warn, line) if !line.contains("wrong"))));
+    assert!(!session.wants_request_body());
+}
+
+#[test]
+fn without_a_policy_an_upgrade_is_refused_and_an_ordinary_request_goes_on() {
+    let mut unloaded = session(None);
+    let (flow, actions) = unloaded.on_request_headers(&request("/ws", true), || NOW);
+    assert_eq!(flow, Flow::Pause);
+    assert!(actions.iter().any(|a| matches!(a, Action::Reply(d) if d.status == 503)));
+    assert_eq!(session(None).on_request_headers(&request("/", false), || NOW).0, Flow::Continue);
+}
+
+#[test]
+fn an_admitted_socket_closes_at_its_maximum_age_once_the_upstream_accepted_it() {
+    let mut session = session(Some(policy(false)));
+    let (flow, _) =
+        session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+    assert_eq!(flow, Flow::Continue);
+    let close = Close { at: NOW + 60_000, reason: CloseReason::MaxAge };
+    assert!(session.on_response_headers(&response("101")).contains(&Action::CloseAt(close)));
+    let due = session.on_close_due(CloseReason::MaxAge, NOW + 60_000);
+    assert_eq!(due.first(), Some(&Action::Reset));
+    assert_eq!(counts(&due), vec![Counter::for_close(CloseReason::MaxAge).unwrap()]);
+}
+
+/// A session whose handshake was admitted to wait for its first message.
+fn waiting() -> Session {
+    let mut session = session(Some(policy(true)));
+    let (flow, actions) = session.on_request_headers(&request("/ws", true), || NOW);
+    assert_eq!(flow, Flow::Continue);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::CloseAt(c) if c.reason == CloseReason::FirstMessageTimeout)));
+    assert!(session.wants_request_body());
+    session
+}
+
+#[test]
+fn a_first_message_in_pieces_is_held_until_complete_then_released_without_its_credential() {
+    let mut session = waiting();
+    let message = auth_message(API_KEY);
+    let (first, rest) = message.split_at(5);
+    assert_eq!(session.on_request_body(first, 5, false, NOW), (Flow::Pause, vec![]));
+    assert_eq!(session.request_body_held(), 5);
+    let (flow, actions) = session.on_request_body(rest, message.len(), false, NOW + 10);
+    assert_eq!(flow, Flow::Continue);
+    assert!(
+        actions.contains(&Action::ReplaceRequestBody { cut: message.len(), keep: vec![] }),
+        "{actions:?}"
+    );
+    assert_eq!(counts(&actions), vec![Counter::Allowed]);
+    assert!(!session.wants_request_body());
+}
+
+#[test]
+fn trailers_on_a_waiting_socket_end_it_and_release_nothing() {
+    let mut session = waiting();
+    let (flow, actions) = session.on_request_trailers(NOW);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(actions.last(), Some(&Action::Reset));
+    assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageMissing)]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::ReplaceRequestBody { .. })));
+    assert_eq!(
+        session.on_request_body(b"more", 4, false, NOW).0,
+        Flow::Pause,
+        "a refused socket stays stopped"
+    );
+}
+
+#[test]
+fn the_upstreams_bytes_wait_for_the_credential_within_their_bound() {
+    let mut session = waiting();
+    assert_eq!(session.on_response_headers(&response("101")), vec![]);
+    assert_eq!(session.on_response_body(16, NOW), (Flow::Pause, vec![]));
+    let message = auth_message(API_KEY);
+    let (_, actions) = session.on_request_body(&message, message.len(), false, NOW);
+    assert!(actions.contains(&Action::ResumeResponse), "{actions:?}");
+
+    let mut session = waiting();
+    let (flow, actions) = session.on_response_body(17, NOW);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageUpstreamTooLarge)]);
+    assert_eq!(actions.last(), Some(&Action::Reset));
+}
+
+#[test]
+fn a_socket_that_ends_while_waiting_is_counted_by_why() {
+    let mut session = waiting();
+    let actions = session.on_done(NOW + 5_000);
+    assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageTimeout)]);
+    let mut session = waiting();
+    let actions = session.on_done(NOW + 10);
+    assert_eq!(actions.first(), Some(&Action::KeepOpen));
+    assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageMissing)]);
+}
+
+#[test]
+fn an_upgrade_the_upstream_refused_has_no_socket_to_wait_on() {
+    let mut session = waiting();
+    assert_eq!(session.on_response_headers(&response("403")).first(), Some(&Action::KeepOpen));
+    assert!(!session.wants_request_body());
+    assert_eq!(session.on_done(NOW + 10), vec![]);
+}
+
+#[test]
+fn a_configuration_that_does_not_compile_is_logged_as_an_error_and_loads_nothing() {
+    let loaded = Loaded::from_json(br#"{"allowed_origins": [], "unknown": 1}"#);
+    assert!(loaded.policy.is_none());
+    assert!(matches!(loaded.lines.as_slice(), [(Level::Error, line)] if line.contains("unknown")));
+}
