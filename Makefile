@@ -16,13 +16,19 @@ BINARYEN_VERSION := 132.0.0
 WASM_OPT      := .tools/binaryen/node_modules/.bin/wasm-opt
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals
 NOOP_WASM     := target/wasm32-wasip1/release/wsgate_bench_noop.wasm
+# The dynamic module (module/): the same core, natively, for x86_64 Linux.
+MODULE        := target/module/libwsgate_module.so
+export WSGATE_MODULE := $(abspath $(MODULE))
+# The end-to-end tests that run against both builds; the others are about the wasm VM itself
+# (its failure policy, ECDS reloads of its module).
+E2E_BOTH      := $(sort $(basename $(notdir $(filter-out tests/e2e_failure_policy.rs tests/e2e_reload.rs,$(wildcard tests/e2e_*.rs)))))
 
 CERT          := .run/tls/cert.pem
 FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canonical
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
-.PHONY: oci skopeo h3-client help build run test test-native test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+.PHONY: oci skopeo h3-client help build run test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
 	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
@@ -68,7 +74,7 @@ wasm-opt: $(WASM_OPT) ## Install Binaryen's wasm-opt (npm, pinned above) into .t
 $(WASM_OPT):
 	npm install --silent --no-audit --no-fund --prefix .tools/binaryen binaryen@$(BINARYEN_VERSION)
 
-build: targets $(WASM_OPT) ## Build the module and the demo upstream and client
+build: targets $(WASM_OPT) ## Build both modules (wasm and native) and the demo upstream and client
 	cargo build --release --target wasm32-wasip1 -p wsgate --lib
 	@# wasm-opt -Oz whenever cargo wrote a module that is not the one optimised last time.
 	@if ! sha256sum --status -c $(WASM).oz 2>/dev/null; then \
@@ -77,15 +83,19 @@ build: targets $(WASM_OPT) ## Build the module and the demo upstream and client
 	cargo build --release -p wsgate --features schema --bin wsgate-check
 	cargo build --release -p wsgate-echo
 	cargo build --release --target wasm32-wasip1 -p wsgate-test-crasher
-	@ls -l $(WASM)
+	cargo build --profile module -p wsgate-module
+	@ls -l $(WASM) $(MODULE)
 
 run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
 	ENVOY=$(ENVOY) scripts/run-demo.sh
 
-test: setup build fuzz-smoke test-native test-wasm ## Every test: unit, scenarios, wasm32, end to end, fuzzing briefly
+test: setup build fuzz-smoke test-native test-module test-wasm ## Every test: unit, scenarios, wasm32, end to end (both builds), fuzzing briefly
 
-test-native: ## Unit, scenario and end-to-end tests, natively (needs `make build envoy`)
+test-native: ## Unit, scenario and end-to-end tests (the wasm build), natively (needs `make build envoy`)
 	cargo test --workspace --all-features
+
+test-module: ## The end-to-end tests again, against the dynamic module (needs `make build envoy`)
+	WSGATE_BUILD=native cargo test -p wsgate --all-features $(addprefix --test ,$(E2E_BOTH))
 
 test-wasm: ## The core's unit and scenario tests compiled to wasm32, under Node
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

@@ -314,6 +314,12 @@ impl Session {
         actions
     }
 
+    /// Whether the host must count the response body: only while a socket waits for its first
+    /// message, or was refused.
+    pub fn wants_response_body(&self) -> bool {
+        self.awaiting.is_some() || self.refused
+    }
+
     /// The upstream's bytes, `held` of them so far: held while the socket waits for its first
     /// message, within the policy's bound.
     pub fn on_response_body(&mut self, held: usize, now: u64) -> (Flow, Vec<Action<'static>>) {

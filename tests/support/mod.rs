@@ -36,15 +36,39 @@ pub fn envoy_bin() -> PathBuf {
 
 /// The built module: `$WSGATE_WASM`, or the release build `make build` writes.
 pub fn wasm_path() -> PathBuf {
-    let path = std::env::var_os("WSGATE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/wsgate.wasm"));
+    built("WSGATE_WASM", "target/wasm32-wasip1/release/wsgate.wasm")
+}
+
+/// A build output: the path in `$variable`, or `default` under the repository.
+fn built(variable: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(variable).map(PathBuf::from).unwrap_or_else(|| repo().join(default));
     assert!(
         path.exists(),
         "no module at {}: run the tests with `make test`, which builds it",
         path.display()
     );
     path
+}
+
+/// Which build of wsgate the tests put in front of the upstream: `WSGATE_BUILD=native` for the
+/// dynamic module, else the proxy-wasm module. The same tests run against each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+pub fn build() -> Build {
+    match std::env::var("WSGATE_BUILD").as_deref() {
+        Ok("native") => Build::Native,
+        Ok("wasm") | Err(_) => Build::Wasm,
+        Ok(other) => panic!("WSGATE_BUILD={other:?}: \"wasm\" or \"native\""),
+    }
+}
+
+/// The built dynamic module: `$WSGATE_MODULE`, or the build `make build` writes.
+pub fn module_path() -> PathBuf {
+    built("WSGATE_MODULE", "target/module/libwsgate_module.so")
 }
 
 /// A port that was free a moment ago on 127.0.0.1: only for configs that are validated, never
@@ -138,6 +162,9 @@ pub fn listener_yaml_with(
 /// The `http_filters` of a connection manager (YAML, at a listener's indentation): wsgate, with
 /// plugin config `plugin_json` and failing closed, then the router.
 pub fn http_filters_yaml(name: &str, plugin_json: &str) -> String {
+    if build() == Build::Native {
+        return native_filters_yaml(plugin_json);
+    }
     format!(
         r#"
           - name: envoy.filters.http.wasm
@@ -161,6 +188,29 @@ pub fn http_filters_yaml(name: &str, plugin_json: &str) -> String {
         value = serde_json::to_string(plugin_json).unwrap(),
         wasm = wasm_path().display(),
         secret = hmac_secret()
+    )
+}
+
+/// [`http_filters_yaml`] for the dynamic module. Its counters are put under the wasm build's
+/// prefix, so that both builds' stats have the same names.
+fn native_filters_yaml(plugin_json: &str) -> String {
+    format!(
+        r#"
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                module: {{local: {{filename: {module}}}}}
+                metrics_namespace: wasmcustom
+              filter_name: wsgate
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {value}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
+        value = serde_json::to_string(plugin_json).unwrap(),
+        module = module_path().display(),
     )
 }
 
@@ -218,13 +268,25 @@ pub fn bootstrap_yaml_with(
       cluster_name: upstream
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]{clusters}
 admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}{runtime}
 "#,
+        runtime = match build() {
+            Build::Wasm => "",
+            // Prometheus names without the stats prefix, as Envoy gives the wasm build's.
+            Build::Native => NATIVE_RUNTIME,
+        },
         listeners = listeners.concat(),
         ip = upstream.ip(),
         port = upstream.port()
     )
 }
+
+/// The runtime the dynamic module's shipped configs set (`envoy/dynamic-module/envoy.yaml`).
+pub const NATIVE_RUNTIME: &str = r#"
+layered_runtime:
+  layers:
+  - name: static
+    static_layer: {envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: true}"#;
 
 /// A running Envoy. Dropping it kills the process; a failing test also gets its log printed.
 pub struct Envoy {
@@ -251,6 +313,8 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(&admin_address)
             .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            // What the wasm build's VMs get in their configuration, the module from the process.
+            .env("WSGATE_TEST_HS_SECRET", hmac_secret())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -332,7 +396,8 @@ impl Envoy {
 
     /// Envoy's log lines from wsgate.
     pub fn wsgate_log(&self) -> Vec<String> {
-        self.log().lines().filter(|line| line.contains("wasm log")).map(str::to_string).collect()
+        let ours = |line: &&str| line.contains("wasm log") || line.contains("] wsgate: ");
+        self.log().lines().filter(ours).map(str::to_string).collect()
     }
 }
 
@@ -432,6 +497,8 @@ impl Gate {
         let mut envoy = Envoy::start(&bootstrap_yaml_with(&yaml, upstream_addr, clusters, 0));
         envoy.also_remove(dir);
         let ports = (0..listeners.len()).map(|i| envoy.listener_port(&format!("listener_{i}"))).collect();
+        let loaded = envoy.wsgate_log().iter().filter(|line| line.contains("configuration loaded")).count();
+        assert!(loaded >= listeners.len(), "the {:?} build loaded {loaded} configurations", build());
         Gate { envoy, ports, upstream, certificate: certified.cert.der().to_vec() }
     }
 
