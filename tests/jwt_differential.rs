@@ -136,3 +136,73 @@ fn a_token_signed_by_another_rsa_key_is_refused_by_both() {
     assert!(ours().verify(token.as_bytes(), now()).is_err());
     assert!(!theirs(&token, Algorithm::RS256, "rsa-1"));
 }
+
+/// The keys of the test set, compiled as wsgate compiles them, by kid.
+fn compiled(kid: &str) -> wsgate::token::jwk::Jwk {
+    let jwks = jwks();
+    let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap();
+    let allowed = wsgate::token::jwk::ALGORITHMS;
+    wsgate::token::jwk::Jwk::compile(jwk, &allowed, 8192, "jwk", &|_| None).unwrap()
+}
+
+#[cfg(feature = "ring")]
+#[test]
+fn ring_and_rustcrypto_give_the_same_verdict_on_every_signature_of_every_algorithm() {
+    use wsgate::token::jwk::Backend;
+    for (alg, key, kid) in signers() {
+        let ours = wsgate::token::jwk::Algorithm::from_name(&format!("{alg:?}")).unwrap();
+        let jwk = compiled(kid);
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_string());
+        let token = jsonwebtoken::encode(&header, &claims(600, "chat"), &key).unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let signature = Base64UrlUnpadded::decode_vec(signature).unwrap();
+        let flip = |at: usize| {
+            let mut flipped = signature.clone();
+            flipped[at] ^= 0x01;
+            flipped
+        };
+        let mut longer = signature.clone();
+        longer.push(0);
+        let cases: Vec<(&str, Vec<u8>, &[u8], bool)> = vec![
+            ("valid", signature.clone(), input.as_bytes(), true),
+            ("first byte flipped", flip(0), input.as_bytes(), false),
+            ("middle byte flipped", flip(signature.len() / 2), input.as_bytes(), false),
+            ("last byte flipped", flip(signature.len() - 1), input.as_bytes(), false),
+            ("one byte short", signature[..signature.len() - 1].to_vec(), input.as_bytes(), false),
+            ("one byte long", longer, input.as_bytes(), false),
+            ("empty", Vec::new(), input.as_bytes(), false),
+            ("all zero", vec![0; signature.len()], input.as_bytes(), false),
+            ("all ones", vec![0xff; signature.len()], input.as_bytes(), false),
+            ("over another input", signature.clone(), b"e30.e30", false),
+        ];
+        for (what, signature, input, expected) in cases {
+            let reference = jwk.verify_with(Backend::RustCrypto, ours, input, &signature);
+            let native = jwk.verify_with(Backend::Ring, ours, input, &signature);
+            assert_eq!(native, reference, "{alg:?}, {what}: ring {native}, RustCrypto {reference}");
+            assert_eq!(native, expected, "{alg:?}, {what}");
+        }
+    }
+}
+
+#[cfg(feature = "ring")]
+#[test]
+fn a_signature_under_another_algorithm_of_the_same_key_is_refused_by_both_backends() {
+    use wsgate::token::jwk::{Algorithm as Alg, Backend};
+    let jwk = compiled("rsa-1");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims(600, "chat"),
+        &EncodingKey::from_rsa_pem(&read("rsa.pem")).unwrap(),
+    )
+    .unwrap();
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let signature = Base64UrlUnpadded::decode_vec(signature).unwrap();
+    for alg in [Alg::RS384, Alg::RS512, Alg::PS256, Alg::PS384, Alg::PS512] {
+        for backend in [Backend::RustCrypto, Backend::Ring] {
+            assert!(!jwk.verify_with(backend, alg, input.as_bytes(), &signature), "{alg:?} with {backend:?}");
+        }
+    }
+}

@@ -89,11 +89,36 @@ enum Material {
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
+/// Which implementation verifies signatures: RustCrypto's crates (the wasm build, and the
+/// reference natively) or `ring` (the dynamic module, feature `ring`). Both take the keys parsed
+/// and checked once, by RustCrypto, at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    RustCrypto,
+    #[cfg(feature = "ring")]
+    Ring,
+}
+
+impl Backend {
+    /// The backend of this build: `ring` where it is compiled in.
+    pub const BUILT: Backend = {
+        #[cfg(feature = "ring")]
+        let built = Backend::Ring;
+        #[cfg(not(feature = "ring"))]
+        let built = Backend::RustCrypto;
+        built
+    };
+}
+
 /// A verification key and the algorithms it may verify.
 #[derive(Clone, Debug)]
 pub struct Jwk {
     pub kid: Option<String>,
     material: Material,
+    /// The public key in the form `ring` takes it: RSA's modulus and exponent, an uncompressed
+    /// EC point, an Ed25519 key, an HMAC secret.
+    #[cfg(feature = "ring")]
+    ring: (Vec<u8>, Vec<u8>),
     algorithms: Vec<Algorithm>,
 }
 
@@ -165,10 +190,19 @@ impl Jwk {
         };
         let off_curve =
             || err("", format!("x and y are not a point on {}", members.crv.as_deref().unwrap_or("?")));
+        #[cfg(feature = "ring")]
+        let mut ring: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
         let material = match (members.kty.as_str(), members.crv.as_deref()) {
             ("RSA", _) => {
                 let n = bytes("n", &members.n)?;
                 let e = bytes("e", &members.e)?;
+                #[cfg(feature = "ring")]
+                {
+                    let minimal = |b: &[u8]| {
+                        b.iter().position(|&x| x != 0).and_then(|at| b.get(at..)).unwrap_or_default().to_vec()
+                    };
+                    ring = (minimal(&n), minimal(&e));
+                }
                 let bits = u32::try_from(n.len() * 8).map_err(|_| err("n", "is too long".to_string()))?;
                 let n = rsa::BoxedUint::from_be_slice(&n, bits)
                     .map_err(|_| err("n", "is not a modulus".to_string()))?;
@@ -186,21 +220,37 @@ impl Jwk {
                 Material::Rsa(key)
             }
             ("EC", Some("P-256")) => {
-                let key =
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(32)?).map_err(|_| off_curve())?;
+                let point = ec_point(32)?;
+                let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?;
+                #[cfg(feature = "ring")]
+                {
+                    ring.0 = point;
+                }
                 Material::P256(key)
             }
             ("EC", Some("P-384")) => {
-                let key =
-                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&ec_point(48)?).map_err(|_| off_curve())?;
+                let point = ec_point(48)?;
+                let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| off_curve())?;
+                #[cfg(feature = "ring")]
+                {
+                    ring.0 = point;
+                }
                 Material::P384(key)
             }
             ("OKP", Some("Ed25519")) => {
                 let x: [u8; 32] = bytes("x", &members.x)?
                     .try_into()
                     .map_err(|_| err("x", "is not 32 bytes".to_string()))?;
+                // A key of small order verifies forged signatures under some verifiers; it is
+                // never a real key.
                 let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
-                    .map_err(|_| err("x", "is not an Ed25519 public key".to_string()))?;
+                    .ok()
+                    .filter(|key| !key.is_weak())
+                    .ok_or_else(|| err("x", "is not an Ed25519 public key".to_string()))?;
+                #[cfg(feature = "ring")]
+                {
+                    ring.0 = x.to_vec();
+                }
                 Material::Ed25519(key)
             }
             ("oct", _) => {
@@ -226,6 +276,10 @@ impl Jwk {
                         format!("the secret is {} bytes; HMAC needs at least {HMAC_MIN_BYTES}", secret.len());
                     return Err(err("", problem));
                 }
+                #[cfg(feature = "ring")]
+                {
+                    ring.0 = secret.clone();
+                }
                 Material::Hmac(secret)
             }
             (kty, crv) => {
@@ -250,7 +304,13 @@ impl Jwk {
             let problem = format!("a {} key fits none of the configured algorithms", members.kty);
             return Err(err("", problem));
         }
-        Ok(Jwk { kid: members.kid, material, algorithms })
+        Ok(Jwk {
+            kid: members.kid,
+            material,
+            #[cfg(feature = "ring")]
+            ring,
+            algorithms,
+        })
     }
 
     /// The algorithms a key of type `kty` (and curve `crv`) can verify; none for a type wsgate
@@ -271,12 +331,57 @@ impl Jwk {
         self.algorithms.contains(&alg)
     }
 
-    /// Verifies a JWS signature over `input` (the ASCII `header.payload`). `alg` must be one the
-    /// key fits; any other combination is false.
+    /// Verifies a JWS signature over `input` (the ASCII `header.payload`) with this build's
+    /// backend. `alg` must be one the key fits; any other combination is false.
     pub fn verify(&self, alg: Algorithm, input: &[u8], signature: &[u8]) -> bool {
+        self.verify_with(Backend::BUILT, alg, input, signature)
+    }
+
+    /// [`Jwk::verify`] with a given backend: the differential tests run both.
+    pub fn verify_with(&self, backend: Backend, alg: Algorithm, input: &[u8], signature: &[u8]) -> bool {
         if !self.fits(alg) {
             return false;
         }
+        match backend {
+            Backend::RustCrypto => self.verify_rustcrypto(alg, input, signature),
+            #[cfg(feature = "ring")]
+            Backend::Ring => self.verify_ring(alg, input, signature),
+        }
+    }
+
+    /// `ring`'s verification: constant-time where a secret is involved (HMAC), with its own
+    /// limits that match wsgate's (RSA of 2048 to 8192 bits, PSS salt of the hash's size).
+    #[cfg(feature = "ring")]
+    fn verify_ring(&self, alg: Algorithm, input: &[u8], signature: &[u8]) -> bool {
+        use ring::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKey};
+        let (first, second) = (&self.ring.0, &self.ring.1);
+        let rsa = |parameters: &'static sig::RsaParameters| {
+            RsaPublicKeyComponents { n: first, e: second }.verify(parameters, input, signature).is_ok()
+        };
+        let public = |algorithm: &'static dyn sig::VerificationAlgorithm| {
+            UnparsedPublicKey::new(algorithm, first).verify(input, signature).is_ok()
+        };
+        let hmac = |algorithm: ring::hmac::Algorithm| {
+            ring::hmac::verify(&ring::hmac::Key::new(algorithm, first), input, signature).is_ok()
+        };
+        match (&self.material, alg) {
+            (Material::Hmac(_), Algorithm::HS256) => hmac(ring::hmac::HMAC_SHA256),
+            (Material::Hmac(_), Algorithm::HS384) => hmac(ring::hmac::HMAC_SHA384),
+            (Material::Hmac(_), Algorithm::HS512) => hmac(ring::hmac::HMAC_SHA512),
+            (Material::Rsa(_), Algorithm::RS256) => rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+            (Material::Rsa(_), Algorithm::RS384) => rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+            (Material::Rsa(_), Algorithm::RS512) => rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+            (Material::Rsa(_), Algorithm::PS256) => rsa(&sig::RSA_PSS_2048_8192_SHA256),
+            (Material::Rsa(_), Algorithm::PS384) => rsa(&sig::RSA_PSS_2048_8192_SHA384),
+            (Material::Rsa(_), Algorithm::PS512) => rsa(&sig::RSA_PSS_2048_8192_SHA512),
+            (Material::P256(_), Algorithm::ES256) => public(&sig::ECDSA_P256_SHA256_FIXED),
+            (Material::P384(_), Algorithm::ES384) => public(&sig::ECDSA_P384_SHA384_FIXED),
+            (Material::Ed25519(_), Algorithm::EdDSA) => public(&sig::ED25519),
+            _ => false,
+        }
+    }
+
+    fn verify_rustcrypto(&self, alg: Algorithm, input: &[u8], signature: &[u8]) -> bool {
         match (&self.material, alg) {
             (Material::Hmac(secret), Algorithm::HS256) => {
                 hmac_verify::<Hmac<Sha256>>(secret, input, signature)
