@@ -232,6 +232,9 @@ fn carry_out(id: u32, sockets: &RefCell<OpenSockets>, counters: &Counters, actio
             Action::ResumeResponse => {
                 let _ = hostcalls::resume_http_response();
             }
+            // Never asked of this binding: proxy-wasm cannot write to the client of an upgraded
+            // stream (README, "Sockets that end").
+            Action::CloseFrame(_) => {}
             Action::Reset => {
                 let _ = hostcalls::reset_http_request();
             }
@@ -320,7 +323,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> HostAction {
         let now = milliseconds(self.get_current_time());
-        let (flow, actions) = self.session.on_response_body(body_size, now);
+        let (flow, actions) = self.session.on_response_body(&[], body_size, now);
         carry_out(self.id, &self.sockets, &self.counters, actions);
         host_action(flow)
     }

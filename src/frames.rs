@@ -247,6 +247,78 @@ pub fn credential(
     }
 }
 
+/// Where the upstream's bytes to the client stand: between frames, or inside one. A close frame
+/// may be sent only between frames (RFC 6455 section 5.4 lets control frames come between the
+/// fragments of a message, never inside a frame).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Boundary {
+    /// The current frame's header so far, while it is incomplete (at most 14 bytes).
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+}
+
+impl Boundary {
+    /// Takes the next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let skip = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(bytes.len());
+                self.remaining -= skip as u64;
+                bytes = bytes.get(skip..).unwrap_or_default();
+                continue;
+            }
+            let Some((&byte, rest)) = bytes.split_first() else { return };
+            self.header.push(byte);
+            bytes = rest;
+            if let Some(length) = Boundary::payload_length(&self.header) {
+                self.header.clear();
+                self.remaining = length;
+            }
+        }
+    }
+
+    /// Whether the client has had whole frames only.
+    pub fn between_frames(&self) -> bool {
+        self.header.is_empty() && self.remaining == 0
+    }
+
+    /// The payload length of a frame whose header is `header`, once it is complete.
+    fn payload_length(header: &[u8]) -> Option<u64> {
+        let second = *header.get(1)?;
+        let (extended, masked) = (
+            match second & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            },
+            usize::from(second & 0x80 != 0) * 4,
+        );
+        if header.len() < 2 + extended + masked {
+            return None;
+        }
+        let length = match extended {
+            0 => u64::from(second & 0x7f),
+            _ => header.get(2..2 + extended)?.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)),
+        };
+        Some(length)
+    }
+}
+
+/// A server's close frame (unmasked) with `code` and as much of `reason` as fits (123 bytes,
+/// cut at a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = reason.get(..end).unwrap_or_default().as_bytes();
+    let mut frame = vec![0x88, (2 + reason.len()) as u8];
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,5 +514,54 @@ mod tests {
         assert_eq!(credential(&twice, &p("/token"), Some((&p("/type"), "auth"))), Err(MessageError::NotJson));
         let binary = Message { text: false, ..message(br#"{"token":"abc"}"#) };
         assert_eq!(credential(&binary, &p("/token"), None), Err(MessageError::NotJson));
+    }
+
+    fn server_frame(payload_len: usize) -> Vec<u8> {
+        let mut frame = vec![0x82];
+        match payload_len {
+            0..=125 => frame.push(payload_len as u8),
+            126..=65535 => {
+                frame.push(126);
+                frame.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            }
+            _ => {
+                frame.push(127);
+                frame.extend_from_slice(&(payload_len as u64).to_be_bytes());
+            }
+        }
+        frame.extend(std::iter::repeat_n(0x61, payload_len));
+        frame
+    }
+
+    #[test]
+    fn the_boundary_between_frames_is_found_in_pieces_of_any_size() {
+        let mut stream = Vec::new();
+        for len in [0, 5, 125, 126, 300, 70_000] {
+            stream.extend(server_frame(len));
+        }
+        let ends: Vec<usize> = [0, 5, 125, 126, 300, 70_000]
+            .iter()
+            .scan(0, |at, &len| {
+                *at += server_frame(len).len();
+                Some(*at)
+            })
+            .collect();
+        for piece in [1, 2, 3, 7, 1000, stream.len()] {
+            let mut boundary = Boundary::default();
+            let mut fed = 0;
+            for chunk in stream.chunks(piece) {
+                boundary.feed(chunk);
+                fed += chunk.len();
+                assert_eq!(boundary.between_frames(), ends.contains(&fed), "piece {piece}, at {fed}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_close_frame_carries_its_code_and_a_reason_cut_to_fit() {
+        assert_eq!(close_frame(1008, "expired"), b"\x88\x09\x03\xf0expired".to_vec());
+        let long = close_frame(1008, &"é".repeat(100));
+        assert_eq!(long.len(), 2 + 2 + 122, "cut at a character boundary below 123 bytes");
+        assert!(std::str::from_utf8(&long[4..]).is_ok());
     }
 }

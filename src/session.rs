@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::first_message::{Awaiting, Step};
+use crate::frames::{close_frame, Boundary};
 use crate::headers::{HeaderEdit, Response};
 use crate::logs::{LogLimiter, LINES_PER_SECOND};
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
@@ -47,6 +48,9 @@ pub enum Action<'p> {
     ReplaceRequestBody { cut: usize, keep: Vec<u8> },
     /// Let the response body that was held go on.
     ResumeResponse,
+    /// Send the client these bytes, a WebSocket close frame, before the [`Action::Reset`] that
+    /// follows: only from a session [`Session::with_close_frames`].
+    CloseFrame(Vec<u8>),
     /// End the stream at once, in both directions.
     Reset,
     /// Add to a counter.
@@ -140,7 +144,14 @@ pub struct Session {
     refused: bool,
     /// A close time was set and not taken back.
     closing: bool,
+    /// The host can send the client a close frame before it resets the socket.
+    close_frames: bool,
+    /// Where the upstream's bytes to the client stand, when close frames are sent.
+    server: Boundary,
 }
+
+/// The close code wsgate sends (RFC 6455 section 7.4.1: the endpoint's policy was violated).
+pub const CLOSE_POLICY: u16 = 1008;
 
 impl Session {
     /// A stream under `policy` (`None`: no valid configuration, so upgrades are refused).
@@ -154,7 +165,22 @@ impl Session {
             upstream_held: false,
             refused: false,
             closing: false,
+            close_frames: false,
+            server: Boundary::default(),
         }
+    }
+
+    /// A session whose host can write to the client of an upgraded stream: sockets that wsgate
+    /// ends get a close frame (1008 and the reason) before the reset, where it cannot cut into
+    /// a frame of the upstream's, so that browsers see why instead of 1006.
+    pub fn with_close_frames(mut self) -> Session {
+        self.close_frames = true;
+        self
+    }
+
+    /// The close frame for a socket ended for `reason`, when this session sends them.
+    fn close_frame(&self, reason: &str) -> Option<Action<'static>> {
+        self.close_frames.then(|| Action::CloseFrame(close_frame(CLOSE_POLICY, &format!("wsgate: {reason}"))))
     }
 
     /// The request headers arrived. `clock` gives the time in milliseconds since the Unix epoch;
@@ -281,11 +307,7 @@ impl Session {
                 }
                 (Flow::Continue, actions)
             }
-            Step::Refuse(reason) => {
-                let mut actions = self.refuse(&awaiting, reason, now);
-                actions.push(Action::Reset);
-                (Flow::Pause, actions)
-            }
+            Step::Refuse(reason) => (Flow::Pause, self.refuse_and_reset(&awaiting, reason, now)),
         }
     }
 
@@ -314,17 +336,22 @@ impl Session {
         actions
     }
 
-    /// Whether the host must count the response body: only while a socket waits for its first
-    /// message, or was refused.
+    /// Whether the host must hand over the response body: while a socket waits for its first
+    /// message, or was refused, or may be closed with a close frame (whose place in the
+    /// upstream's frames is then followed).
     pub fn wants_response_body(&self) -> bool {
-        self.awaiting.is_some() || self.refused
+        self.awaiting.is_some() || self.refused || (self.close_frames && self.plan.may_close())
     }
 
-    /// The upstream's bytes, `held` of them so far: held while the socket waits for its first
-    /// message, within the policy's bound.
-    pub fn on_response_body(&mut self, held: usize, now: u64) -> (Flow, Vec<Action<'static>>) {
+    /// The upstream's next bytes: `new` are the ones that just came (read only by a session
+    /// that sends close frames; others take none), `held` how many the host holds so far.
+    /// Held while the socket waits for its first message, within the policy's bound.
+    pub fn on_response_body(&mut self, new: &[u8], held: usize, now: u64) -> (Flow, Vec<Action<'static>>) {
         if self.refused {
             return (Flow::Pause, Vec::new());
+        }
+        if self.close_frames {
+            self.server.feed(new);
         }
         let Some(awaiting) = self.awaiting.take() else { return (Flow::Continue, Vec::new()) };
         match awaiting.hold_upstream(held) {
@@ -333,11 +360,7 @@ impl Session {
                 self.upstream_held = true;
                 (Flow::Pause, Vec::new())
             }
-            Err(reason) => {
-                let mut actions = self.refuse(&awaiting, reason, now);
-                actions.push(Action::Reset);
-                (Flow::Pause, actions)
-            }
+            Err(reason) => (Flow::Pause, self.refuse_and_reset(&awaiting, reason, now)),
         }
     }
 
@@ -346,7 +369,11 @@ impl Session {
     /// stream ends ([`Session::on_done`]).
     pub fn on_close_due(&mut self, reason: CloseReason, now: u64) -> Vec<Action<'static>> {
         self.closing = false;
-        let mut actions = vec![Action::Reset];
+        // While the socket waits, the upstream's bytes are held: the client has had none.
+        let between_frames = self.awaiting.is_some() || self.server.between_frames();
+        let mut actions: Vec<Action<'static>> =
+            self.close_frame(reason.as_str()).filter(|_| between_frames).into_iter().collect();
+        actions.push(Action::Reset);
         if self.awaiting.is_none() {
             actions.extend(closed(&self.logs, reason, now));
         }
@@ -372,6 +399,20 @@ impl Session {
             Some(close) => Action::CloseAt(close),
             None => Action::KeepOpen,
         }
+    }
+
+    /// Refuses a socket that waits for its first message, and resets it; the client, which has
+    /// had nothing from the upstream yet, first gets a close frame if this session sends them.
+    fn refuse_and_reset(
+        &mut self,
+        awaiting: &Awaiting,
+        reason: DenyReason,
+        now: u64,
+    ) -> Vec<Action<'static>> {
+        let mut actions = self.refuse(awaiting, reason, now);
+        actions.extend(self.close_frame(reason.as_str()));
+        actions.push(Action::Reset);
+        actions
     }
 
     /// Counts and logs a socket refused after its handshake. The caller resets it.

@@ -56,17 +56,27 @@ async fn open(gate: &Gate, exp: u64) -> WebSocket {
 
 /// Echoes on the socket every 200 ms until it fails or `limit` passes; when it failed.
 async fn closed_after(socket: &mut WebSocket, limit: Duration) -> Option<Duration> {
+    ending(socket, limit).await.map(|(after, _)| after)
+}
+
+/// [`closed_after`], with the close frame (code and reason) the client got, if any.
+async fn ending(socket: &mut WebSocket, limit: Duration) -> Option<(Duration, Option<(u16, String)>)> {
     let started = Instant::now();
     while started.elapsed() < limit {
+        let mut close = None;
         let echoed = async {
             socket.send(Message::Text("ping".into())).await.ok()?;
             match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "ping" => Some(()),
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    close = Some((u16::from(frame.code), frame.reason.to_string()));
+                    None
+                }
                 _ => None,
             }
         };
         if echoed.await.is_none() {
-            return Some(started.elapsed());
+            return Some((started.elapsed(), close));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -98,6 +108,19 @@ async fn max_connection_seconds_closes_a_socket_whatever_admitted_it() {
     assert!(closed >= Duration::from_secs(1), "closed after {closed:?}, before its 2 s");
     assert!(closed <= Duration::from_secs(2) + LATENESS, "closed after {closed:?}");
     assert_eq!(gate.envoy.stat("wasmcustom.wsgate.expiry.closed_max_age"), Some(1));
+}
+
+#[tokio::test]
+async fn the_native_build_tells_the_client_why_in_a_close_frame_and_the_wasm_build_cannot() {
+    let gate = Gate::start(&[&config(json!({"max_connection_seconds": 1}))]).await;
+    let mut socket = open(&gate, now() + 300).await;
+    let (_, close) = ending(&mut socket, Duration::from_secs(6)).await.expect("the socket was not closed");
+    let expected = match support::build() {
+        support::Build::Native => Some((1008, "wsgate: closed_max_age".to_string())),
+        // proxy-wasm cannot write to the client of an upgraded stream: the connection just ends.
+        support::Build::Wasm => None,
+    };
+    assert_eq!(close, expected);
 }
 
 #[tokio::test]

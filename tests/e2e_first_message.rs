@@ -84,6 +84,28 @@ async fn closed_within(socket: &mut WebSocket, limit: Duration) -> Option<Durati
     }
 }
 
+/// The close frame (code, reason) the client gets before its socket ends, within `limit`.
+async fn close_frame_within(socket: &mut WebSocket, limit: Duration) -> Option<(u16, String)> {
+    loop {
+        match tokio::time::timeout(limit, socket.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return Some((u16::from(frame.code), frame.reason.to_string()))
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// What a client of this build is told when its socket is refused for `reason`: the native
+/// build sends a close frame first; proxy-wasm cannot write to an upgraded stream.
+fn told(reason: &str) -> Option<(u16, String)> {
+    match support::build() {
+        support::Build::Native => Some((1008, format!("wsgate: {reason}"))),
+        support::Build::Wasm => None,
+    }
+}
+
 fn stat(gate: &Gate, name: &str) -> Option<u64> {
     gate.envoy.stat(&format!("wasmcustom.wsgate.first.{name}"))
 }
@@ -228,6 +250,18 @@ async fn a_socket_without_a_first_message_is_closed_at_its_timeout_and_not_befor
     assert!(closed <= timeout + LATENESS, "closed after {closed:?}");
     assert_eq!(upstream_socket(&gate).bytes, 0);
     assert_eq!(stat(&gate, "denied.first_message_timeout"), Some(1));
+}
+
+#[tokio::test]
+async fn a_client_refused_after_its_handshake_is_told_why_where_the_build_can() {
+    let gate = start(json!({})).await;
+    let mut socket = open(&gate).await;
+    socket.send(Message::text(r#"{"type":"chat","text":"hi"}"#)).await.unwrap();
+    assert_eq!(close_frame_within(&mut socket, Duration::from_secs(3)).await, told("first_message_missing"));
+    let mut socket = open(&gate).await;
+    let told_at_timeout = close_frame_within(&mut socket, Duration::from_secs(5)).await;
+    assert_eq!(told_at_timeout, told("first_message_timeout"));
+    assert_eq!(gate.upstream.sockets().iter().map(|s| s.bytes).sum::<usize>(), 0);
 }
 
 #[tokio::test]

@@ -160,13 +160,13 @@ fn trailers_on_a_waiting_socket_end_it_and_release_nothing() {
 fn the_upstreams_bytes_wait_for_the_credential_within_their_bound() {
     let mut session = waiting();
     assert_eq!(session.on_response_headers(&response("101")), vec![]);
-    assert_eq!(session.on_response_body(16, NOW), (Flow::Pause, vec![]));
+    assert_eq!(session.on_response_body(&[], 16, NOW), (Flow::Pause, vec![]));
     let message = auth_message(API_KEY);
     let (_, actions) = session.on_request_body(&message, message.len(), false, NOW);
     assert!(actions.contains(&Action::ResumeResponse), "{actions:?}");
 
     let mut session = waiting();
-    let (flow, actions) = session.on_response_body(17, NOW);
+    let (flow, actions) = session.on_response_body(&[], 17, NOW);
     assert_eq!(flow, Flow::Pause);
     assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageUpstreamTooLarge)]);
     assert_eq!(actions.last(), Some(&Action::Reset));
@@ -196,4 +196,42 @@ fn a_configuration_that_does_not_compile_is_logged_as_an_error_and_loads_nothing
     let loaded = Loaded::from_json(br#"{"allowed_origins": [], "unknown": 1}"#);
     assert!(loaded.policy.is_none());
     assert!(matches!(loaded.lines.as_slice(), [(Level::Error, line)] if line.contains("unknown")));
+}
+
+#[test]
+fn a_socket_closed_at_its_time_gets_a_close_frame_only_between_the_upstreams_frames() {
+    let open = || {
+        let mut session = session(Some(policy(false))).with_close_frames();
+        session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+        session.on_response_headers(&response("101"));
+        assert!(session.wants_response_body(), "the upstream's frames are followed");
+        session
+    };
+    let frame = b"\x81\x05hello";
+    let mut between = open();
+    between.on_response_body(frame, frame.len(), NOW);
+    let actions = between.on_close_due(CloseReason::MaxAge, NOW + 60_000);
+    let close = wsgate::frames::close_frame(1008, "wsgate: closed_max_age");
+    assert_eq!(actions[..2], [Action::CloseFrame(close), Action::Reset]);
+
+    let mut inside = open();
+    inside.on_response_body(&frame[..4], 4, NOW);
+    assert_eq!(inside.on_close_due(CloseReason::MaxAge, NOW + 60_000).first(), Some(&Action::Reset));
+}
+
+#[test]
+fn only_a_session_with_close_frames_sends_one_to_a_refused_client() {
+    let mut session = waiting();
+    let (_, actions) = session.on_request_trailers(NOW);
+    assert!(!actions.iter().any(|a| matches!(a, Action::CloseFrame(_))), "{actions:?}");
+    let mut session = session_with_close_frames_waiting();
+    let (_, actions) = session.on_request_trailers(NOW);
+    let close = wsgate::frames::close_frame(1008, "wsgate: first_message_missing");
+    assert_eq!(actions[actions.len() - 2..], [Action::CloseFrame(close), Action::Reset]);
+}
+
+fn session_with_close_frames_waiting() -> Session {
+    let mut session = session(Some(policy(true))).with_close_frames();
+    session.on_request_headers(&request("/ws", true), || NOW);
+    session
 }

@@ -142,6 +142,11 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_drain_body(filter: *mut c_void, kind: u32, bytes: usize) -> bool;
     fn envoy_dynamic_module_callback_http_append_body(filter: *mut c_void, kind: u32, data: Buf) -> bool;
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_send_response_data(
+        filter: *mut c_void,
+        data: Buf,
+        end_stream: bool,
+    );
     fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: *mut c_void, reason: u32, details: Buf);
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter: *mut c_void,
@@ -472,6 +477,11 @@ impl Carrier<'_> {
                 // SAFETY (the next two): the stream's pointer, on its worker.
                 Action::ResumeResponse => unsafe {
                     envoy_dynamic_module_callback_http_filter_continue_encoding(envoy)
+                },
+                // SAFETY: the stream's pointer, on its worker; Envoy copies the bytes. Sent on the
+                // upgraded stream as the upstream's bytes are (an HTTP/1.1 socket or an HTTP/2 stream).
+                Action::CloseFrame(frame) => unsafe {
+                    envoy_dynamic_module_callback_http_send_response_data(envoy, buf(&frame), false);
                 },
                 Action::Reset => unsafe {
                     envoy_dynamic_module_callback_http_filter_reset_stream(
@@ -818,7 +828,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
         let Some(gate) = (unsafe { (config as *const Arc<Gate>).as_ref() }) else { return std::ptr::null() };
         let filter = Filter {
             gate: Arc::clone(gate),
-            session: Session::new(Some(Arc::clone(&gate.policy)), Arc::clone(&gate.logs)),
+            session: Session::new(Some(Arc::clone(&gate.policy)), Arc::clone(&gate.logs)).with_close_frames(),
             id: gate.next_stream.fetch_add(1, Ordering::Relaxed),
             scheduler: None,
         };
@@ -908,10 +918,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     on_stream(envoy, filter_ptr, false, |filter| {
         if !filter.session.wants_response_body() {
             // Every frame from the upstream comes here: no host call unless a socket waits.
-            return status(filter.session.on_response_body(0, 0).0);
+            return status(filter.session.on_response_body(&[], 0, 0).0);
         }
-        let held = body_size(envoy, BUFFERED_RESPONSE_BODY) + body_size(envoy, RECEIVED_RESPONSE_BODY);
-        let (flow, actions) = filter.session.on_response_body(held, now_ms());
+        let new = body(envoy, RECEIVED_RESPONSE_BODY);
+        let held = body_size(envoy, BUFFERED_RESPONSE_BODY) + new.len();
+        let (flow, actions) = filter.session.on_response_body(&new, held, now_ms());
         filter.split().1.carry_out(envoy, actions);
         status(flow)
     })
