@@ -28,7 +28,7 @@ FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canon
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
-.PHONY: oci skopeo h3-client help build run test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+.PHONY: oci skopeo h3-client help build run run-native test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
 	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
@@ -88,6 +88,9 @@ build: targets $(WASM_OPT) ## Build both modules (wasm and native) and the demo 
 
 run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
 	ENVOY=$(ENVOY) scripts/run-demo.sh
+
+run-native: build envoy cert ## The same demo with the dynamic module (envoy/dynamic-module/envoy.yaml)
+	ENVOY=$(ENVOY) CONFIG=envoy/dynamic-module/envoy.yaml scripts/run-demo.sh
 
 test: setup build fuzz-smoke test-native test-module test-wasm ## Every test: unit, scenarios, wasm32, end to end (both builds), fuzzing briefly
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Starts the demo behind `make run`: the echo upstream on 127.0.0.1:9000 and Envoy with wsgate
-# on envoy/envoy.yaml. Ctrl-C stops both.
+# on envoy/envoy.yaml (or $CONFIG: `make run-native` gives the dynamic module's). Ctrl-C stops
+# both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY=${ENVOY:-.venv/bin/envoy}
+CONFIG=${CONFIG:-envoy/envoy.yaml}
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -12,7 +14,7 @@ trap 'exit 130' INT TERM
 target/release/wsgate-echo 127.0.0.1:9000 &
 pids+=($!)
 # Envoy's own lines at warning and up; wsgate's (config loaded, each denial) at info and up.
-"$ENVOY" -c envoy/envoy.yaml --concurrency 2 -l warn --component-log-level wasm:info &
+"$ENVOY" -c "$CONFIG" --concurrency 2 -l warn --component-log-level wasm:info,dynamic_modules:info &
 envoy_pid=$!
 pids+=("$envoy_pid")
 

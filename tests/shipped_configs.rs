@@ -61,6 +61,20 @@ fn the_demo_envoy_config_passes_envoy_validate() {
 }
 
 #[test]
+fn the_native_demo_passes_envoy_validate_with_the_wasm_demos_policies_byte_for_byte() {
+    let native = repo().join("envoy/dynamic-module/envoy.yaml");
+    let output = validate(&native, &repo());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "envoy --mode validate refused {}:\n{log}", native.display());
+    assert_eq!(log.matches("wsgate: configuration loaded").count(), 3, "{log}");
+    let native = yaml(&native);
+    let mut found = Vec::new();
+    find_all(&native, "filter_config", &mut found);
+    let policies: Vec<String> = found.iter().map(|c| c["value"].as_str().unwrap().to_string()).collect();
+    assert_eq!(policies, plugin_configs(&yaml(&demo())));
+}
+
+#[test]
 fn every_plugin_config_in_the_demo_compiles_with_the_core() {
     let configs = plugin_configs(&yaml(&demo()));
     assert_eq!(configs.len(), 3, "the demo has three listeners, each with its own plugin config");
@@ -73,9 +87,21 @@ fn every_plugin_config_in_the_demo_compiles_with_the_core() {
 
 #[test]
 fn docker_compose_runs_the_demo_with_the_same_envoy_module_and_upstream() {
-    let compose_path = repo().join("envoy/docker-compose.yaml");
+    assert_compose_runs("envoy/docker-compose.yaml", "envoy/envoy.yaml");
+}
+
+#[test]
+fn docker_compose_runs_the_native_demo_with_the_same_envoy_module_and_upstream() {
+    assert_compose_runs("envoy/dynamic-module/docker-compose.yaml", "envoy/dynamic-module/envoy.yaml");
+}
+
+/// The compose file at `compose` runs Envoy on the config at `demo` (both under the repository),
+/// with every file that config names, and the echo upstream where its cluster points.
+fn assert_compose_runs(compose: &str, demo: &str) {
+    let compose_path = repo().join(compose);
+    let compose_dir = compose_path.parent().unwrap().to_path_buf();
     let compose = yaml(&compose_path);
-    let envoy_yaml = yaml(&demo());
+    let envoy_yaml = yaml(&repo().join(demo));
     let services = &compose["services"];
     // Where a path inside a service's container comes from on the host: the volume whose
     // container side is the path itself or a folder above it.
@@ -88,7 +114,7 @@ fn docker_compose_runs_the_demo_with_the_same_envoy_module_and_upstream() {
                 let mut parts = volume.split(':');
                 let (host, mount) = (parts.next()?, parts.next()?);
                 let rest = Path::new(inside).strip_prefix(mount).ok()?;
-                Some(repo().join("envoy").join(host).join(rest))
+                Some(compose_dir.join(host).join(rest))
             })
             .unwrap_or_else(|| panic!("{service} mounts nothing at {inside}"))
     };
@@ -118,13 +144,14 @@ fn docker_compose_runs_the_demo_with_the_same_envoy_module_and_upstream() {
     let command: Vec<&str> =
         services["envoy"]["command"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
     let config_inside = command[command.iter().position(|a| *a == "-c").unwrap() + 1];
-    assert_eq!(normal(host_of("envoy", config_inside)), root.join("envoy/envoy.yaml"));
+    assert_eq!(normal(host_of("envoy", config_inside)), root.join(demo));
 
     // The same module and certificate, at the paths envoy.yaml names, seen from Envoy's
     // working directory.
     let workdir = services["envoy"]["working_dir"].as_str().unwrap();
     let filenames = strings(&envoy_yaml, "filename");
     assert!(filenames.len() >= 4, "the module (per listener) and the certificate: {filenames:?}");
+    assert!(filenames.iter().any(|f| f.ends_with(".wasm") || f.ends_with(".so")), "{filenames:?}");
     for filename in filenames {
         let inside = Path::new(workdir).join(filename);
         assert_eq!(normal(host_of("envoy", inside.to_str().unwrap())), root.join(filename), "{filename}");
@@ -226,7 +253,12 @@ fn connection_managers(value: &Value) -> Vec<&Value> {
 
 #[test]
 fn every_connection_manager_under_envoy_has_the_path_and_host_hardening() {
-    let shipped = ["envoy/envoy.yaml", "envoy/ecds/envoy.yaml", "envoy/istio/envoyfilter-hardening.yaml"];
+    let shipped = [
+        "envoy/envoy.yaml",
+        "envoy/dynamic-module/envoy.yaml",
+        "envoy/ecds/envoy.yaml",
+        "envoy/istio/envoyfilter-hardening.yaml",
+    ];
     for path in shipped {
         let config = yaml(&repo().join(path));
         let managers = connection_managers(&config);
