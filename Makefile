@@ -110,9 +110,10 @@ oci: build ## The module as an OCI image layout in target/oci, for Istio and Env
 	rm -rf target/oci
 	python3 scripts/oci.py $(WASM) target/oci $(VERSION)
 
-bench: build envoy ## Plain Envoy, native filters, a do-nothing wasm filter and wsgate, in rounds (docs/BENCHMARKS.md)
+bench: build envoy ## Plain Envoy, native filters, do-nothing wasm and native filters and both wsgate builds, in rounds (docs/BENCHMARKS.md)
 	cargo build --profile load -p wsgate-bench
 	cargo build --release --target wasm32-wasip1 -p wsgate-bench-noop
+	cargo build --profile module -p wsgate-bench-noop-module
 	@if [ "$$(nproc)" -ge 2 ]; then \
 	  BENCH_REPORT=target/bench-report.md taskset -c 1 target/load/wsgate-bench; \
 	else \

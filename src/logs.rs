@@ -44,6 +44,12 @@ impl LogLimiter {
     /// `line`, if one may be written at `now` (milliseconds since the Unix epoch), with the
     /// number of lines left out before it; `None` if it is left out.
     pub fn admit(&self, line: String, now: u64) -> Option<String> {
+        self.admit_with(|| line, now)
+    }
+
+    /// [`LogLimiter::admit`] for a line written only if it is let through: a flood of refusals
+    /// costs no formatting of the lines left out.
+    pub fn admit_with(&self, line: impl FnOnce() -> String, now: u64) -> Option<String> {
         let elapsed = now.saturating_sub(self.at.fetch_max(now, Relaxed));
         let refilled = self.allowance.load(Relaxed).saturating_add(elapsed.saturating_mul(LINES_PER_SECOND));
         let allowance = refilled.min(BURST * 1000);
@@ -54,8 +60,8 @@ impl LogLimiter {
         }
         self.allowance.store(allowance - 1000, Relaxed);
         match self.left_out.swap(0, Relaxed) {
-            0 => Some(line),
-            left_out => Some(format!("{line} (and {left_out} refusal lines left out before this one)")),
+            0 => Some(line()),
+            left_out => Some(format!("{} (and {left_out} refusal lines left out before this one)", line())),
         }
     }
 

@@ -194,8 +194,9 @@ impl Session {
         let (verdict, plan) = decide_and_plan(policy, request, &clock);
         self.plan = plan;
         let mut actions = Vec::new();
-        if let Some(line) = verdict.log_line(request) {
-            if let Some(line) = self.logs.admit(line, clock()) {
+        if verdict.is_logged() {
+            let line = || verdict.log_line(request).unwrap_or_default();
+            if let Some(line) = self.logs.admit_with(line, clock()) {
                 actions.push(Action::Log(Level::Warn, line));
             }
         }
@@ -419,7 +420,7 @@ impl Session {
     fn refuse(&mut self, awaiting: &Awaiting, reason: DenyReason, now: u64) -> Vec<Action<'static>> {
         self.refused = true;
         let mut actions = vec![self.close_at(None)];
-        if let Some(line) = self.logs.admit(awaiting.log_line(reason), now) {
+        if let Some(line) = self.logs.admit_with(|| awaiting.log_line(reason), now) {
             actions.push(Action::Log(Level::Warn, line));
         }
         actions.push(Action::Count(Counter::Denied(reason), 1));
@@ -432,7 +433,8 @@ impl Session {
 pub fn closed(logs: &LogLimiter, reason: CloseReason, now: u64) -> Vec<Action<'static>> {
     let mut actions = Vec::new();
     let Some(counter) = Counter::for_close(reason) else { return actions };
-    if let Some(line) = logs.admit(format!("admitted socket closed: reason={}", reason.as_str()), now) {
+    if let Some(line) = logs.admit_with(|| format!("admitted socket closed: reason={}", reason.as_str()), now)
+    {
         actions.push(Action::Log(Level::Warn, line));
     }
     actions.push(Action::Count(counter, 1));

@@ -276,6 +276,11 @@ pub fn request_fields(request: &Request) -> String {
 }
 
 impl<'p> Verdict<'p> {
+    /// Whether this verdict is logged: a refusal or a shadow refusal.
+    pub fn is_logged(&self) -> bool {
+        matches!(self, Verdict::Deny(_) | Verdict::ShadowDeny(..))
+    }
+
     /// The log line for a refusal or a shadow refusal; none for the other verdicts.
     pub fn log_line(&self, request: &Request) -> Option<String> {
         match self {

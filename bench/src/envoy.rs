@@ -21,8 +21,12 @@ pub enum Variant {
     Native,
     /// A Rust proxy-wasm filter that does nothing: the floor of any wasm filter.
     Noop,
-    /// wsgate.
+    /// wsgate (the proxy-wasm module).
     Wsgate,
+    /// An Envoy dynamic module that does nothing: the floor of any native module.
+    NoopModule,
+    /// wsgate as a dynamic module, with the same configuration as [`Variant::Wsgate`].
+    WsgateModule,
     /// wsgate with a second policy for `/wait`, whose sockets wait for their first message:
     /// for the line on ordinary requests while thousands of sockets wait. Not in [`Variant::ALL`].
     WsgateWaiting,
@@ -32,7 +36,19 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [Variant::Plain, Variant::Native, Variant::Noop, Variant::Wsgate];
+    pub const ALL: [Variant; 6] = [
+        Variant::Plain,
+        Variant::Native,
+        Variant::Noop,
+        Variant::Wsgate,
+        Variant::NoopModule,
+        Variant::WsgateModule,
+    ];
+
+    /// Whether this variant is wsgate, in either build, doing the benchmark's job.
+    pub fn is_wsgate(self) -> bool {
+        matches!(self, Variant::Wsgate | Variant::WsgateModule)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +56,8 @@ impl Variant {
             Variant::Native => "native",
             Variant::Noop => "noop-wasm",
             Variant::Wsgate => "wsgate",
+            Variant::NoopModule => "noop-module",
+            Variant::WsgateModule => "wsgate-module",
             Variant::WsgateWaiting => "wsgate-waiting",
             Variant::WsgateNoneWaiting => "wsgate-none-waiting",
         }
@@ -57,6 +75,8 @@ pub struct Inputs {
     pub envoy: PathBuf,
     pub wsgate_wasm: PathBuf,
     pub noop_wasm: PathBuf,
+    pub wsgate_module: PathBuf,
+    pub noop_module: PathBuf,
     /// The JWKS (JSON) both wsgate and `jwt_authn` verify with.
     pub jwks: String,
     pub issuer: &'static str,
@@ -139,6 +159,23 @@ fn wasm_filter(name: &str, root_id: &str, wasm: &Path, configuration: &str) -> R
     ))
 }
 
+fn module_filter(module: &Path, configuration: &str) -> Result<String, BoxError> {
+    Ok(format!(
+        r#"
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config:
+                module: {{local: {{filename: {module}}}}}
+              filter_name: wsgate
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {configuration}"#,
+        configuration = serde_json::to_string(configuration)?,
+        module = module.display()
+    ))
+}
+
 fn native_filters(inputs: &Inputs) -> Result<String, BoxError> {
     Ok(format!(
         r#"
@@ -182,6 +219,8 @@ fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<
         Variant::Native => native_filters(inputs)?,
         Variant::Noop => wasm_filter("noop", "noop", &inputs.noop_wasm, "")?,
         Variant::Wsgate => wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &wsgate_config(inputs)?)?,
+        Variant::NoopModule => module_filter(&inputs.noop_module, "")?,
+        Variant::WsgateModule => module_filter(&inputs.wsgate_module, &wsgate_config(inputs)?)?,
         Variant::WsgateWaiting | Variant::WsgateNoneWaiting => {
             wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &waiting_config(inputs)?)?
         }

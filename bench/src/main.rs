@@ -107,7 +107,7 @@ impl Workload {
     fn expected_status(self, variant: Variant) -> u16 {
         match self {
             Workload::Get => 200,
-            Workload::ForeignOrigin if matches!(variant, Variant::Native | Variant::Wsgate) => 403,
+            Workload::ForeignOrigin if variant == Variant::Native || variant.is_wsgate() => 403,
             _ => 101,
         }
     }
@@ -228,7 +228,7 @@ async fn check_jobs(envoys: &[Envoy], traffic: &Traffic) -> Result<(), BoxError>
     let bad_token = tokens::handshake(tokens::ALLOWED_ORIGIN, "e30.e30.AAAA");
     // Another configuration (BENCH_WSGATE_CONFIG) may do another job.
     let custom = std::env::var_os("BENCH_WSGATE_CONFIG").is_some();
-    for envoy in envoys.iter().filter(|envoy| !(custom && envoy.variant == Variant::Wsgate)) {
+    for envoy in envoys.iter().filter(|envoy| !(custom && envoy.variant.is_wsgate())) {
         let address = SocketAddr::from(([127, 0, 0, 1], envoy.port));
         let mut checks = vec![(Workload::Get, None), (Workload::RepeatedToken, None)];
         checks.push((Workload::ForeignOrigin, None));
@@ -237,7 +237,7 @@ async fn check_jobs(envoys: &[Envoy], traffic: &Traffic) -> Result<(), BoxError>
         for (workload, request) in checks {
             let (requests, expect) = match &request {
                 Some(bad) => {
-                    let refused = matches!(envoy.variant, Variant::Native | Variant::Wsgate);
+                    let refused = envoy.variant == Variant::Native || envoy.variant.is_wsgate();
                     (std::slice::from_ref(bad), if refused { 401 } else { 101 })
                 }
                 None => (traffic.handshakes(workload), workload.expected_status(envoy.variant)),
@@ -283,13 +283,18 @@ fn run() -> Result<bool, BoxError> {
         wsgate_wasm: std::env::var_os("WSGATE_WASM")
             .map_or_else(|| repo.join("target/wasm32-wasip1/release/wsgate.wasm"), PathBuf::from),
         noop_wasm: repo.join("target/wasm32-wasip1/release/wsgate_bench_noop.wasm"),
+        wsgate_module: std::env::var_os("WSGATE_MODULE")
+            .map_or_else(|| repo.join("target/module/libwsgate_module.so"), PathBuf::from),
+        noop_module: repo.join("target/module/libwsgate_bench_noop_module.so"),
         jwks: tokens::jwks(&keys)?,
         issuer: tokens::ISSUER,
         audience: tokens::AUDIENCE,
         allowed_origin: tokens::ALLOWED_ORIGIN,
         token_param: tokens::TOKEN_PARAM,
     };
-    for path in [&inputs.envoy, &inputs.wsgate_wasm, &inputs.noop_wasm] {
+    for path in
+        [&inputs.envoy, &inputs.wsgate_wasm, &inputs.noop_wasm, &inputs.wsgate_module, &inputs.noop_module]
+    {
         if !path.exists() {
             return Err(format!("{} is missing: run `make bench`, which builds it", path.display()).into());
         }
@@ -338,9 +343,9 @@ fn run() -> Result<bool, BoxError> {
     drop(envoys);
 
     // Memory on fresh Envoys, so that what the rounds left behind weighs on neither.
-    eprintln!("driving new noop-wasm and wsgate Envoys to {} requests each ...", settings.memory_requests);
+    eprintln!("driving a new Envoy of each variant to {} requests ...", settings.memory_requests);
     let mut memory = Vec::new();
-    for variant in [Variant::Noop, Variant::Wsgate] {
+    for variant in Variant::ALL {
         let envoy = Envoy::start(variant, &inputs, upstream, settings.envoy_core)?;
         let warm = runtime.block_on(drive(&envoy, 0, 1, &settings, &traffic));
         let warm_kib = envoy.rss_kib();
