@@ -58,7 +58,7 @@ pub struct Header {
     pub value_len: usize,
 }
 
-const ABI_VERSION: &[u8] = b"v0.2.0\0";
+const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
 
 // `envoy_dynamic_module_type_http_header_type`.
 const REQUEST_HEADERS: u32 = 0;
@@ -683,7 +683,7 @@ fn guarded(envoy: *mut c_void, reply: bool, hook: impl FnOnce() -> u32) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    ABI_VERSION.as_ptr().cast()
+    ABI_VERSION.as_ptr()
 }
 
 #[no_mangle]

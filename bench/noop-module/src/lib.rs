@@ -6,11 +6,11 @@
 use std::ffi::{c_char, c_void};
 
 /// Any non-null pointer: Envoy only hands it back.
-const SOMETHING: *const c_void = 1 as *const c_void;
+const SOMETHING: *const c_void = std::ptr::dangling::<c_void>();
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    b"v0.2.0\0".as_ptr().cast()
+    c"v0.2.0".as_ptr()
 }
 
 #[no_mangle]
