@@ -132,7 +132,7 @@ fn the_istio_plugins_guard_their_host_and_leave_the_gateways_others_alone() {
 /// Envoy Gateway's default order of the HTTP filters it may add, by filter type
 /// (internal/xds/translator/httpfilters.go, `newOrderedHTTPFilter`), the authentication filters
 /// among them.
-const EG_DEFAULT_ORDER: [&str; 9] = [
+const EG_DEFAULT_ORDER: [&str; 10] = [
     "envoy.filters.http.cors",
     "envoy.filters.http.ext_authz",
     "envoy.filters.http.api_key_auth",
@@ -141,6 +141,8 @@ const EG_DEFAULT_ORDER: [&str; 9] = [
     "envoy.filters.http.jwt_authn",
     "envoy.filters.http.ext_proc",
     "envoy.filters.http.wasm",
+    // Order 250 and up in Envoy Gateway 1.8, after wasm.
+    "envoy.filters.http.dynamic_modules",
     "envoy.filters.http.rbac",
 ];
 
@@ -172,7 +174,21 @@ fn eg_sorted(mut chain: Vec<&'static str>, order: &[(String, String)]) -> Vec<&'
 
 #[test]
 fn the_envoy_gateway_filter_order_puts_wsgate_before_every_authentication_filter_present() {
-    let proxy = manifest("envoy/envoy-gateway/envoyproxy.yaml");
+    assert_first_in_eg_chain("envoy/envoy-gateway/envoyproxy.yaml", "envoy.filters.http.wasm");
+}
+
+#[test]
+fn the_native_envoy_gateway_filter_order_puts_the_module_before_every_authentication_filter_present() {
+    assert_first_in_eg_chain(
+        "envoy/envoy-gateway/envoyproxy-native.yaml",
+        "envoy.filters.http.dynamic_modules",
+    );
+}
+
+/// The `filterOrder` of the EnvoyProxy at `path` puts `wsgate` (a filter type) before every
+/// authentication filter, whichever of them a route has.
+fn assert_first_in_eg_chain(path: &str, wsgate: &str) {
+    let proxy = manifest(path);
     assert_eq!(proxy["kind"].as_str(), Some("EnvoyProxy"));
     let order: Vec<(String, String)> = proxy["spec"]["filterOrder"]
         .as_sequence()
@@ -191,7 +207,7 @@ fn the_envoy_gateway_filter_order_puts_wsgate_before_every_authentication_filter
             })
             .collect();
         let sorted = eg_sorted(chain, &order);
-        let wasm = sorted.iter().position(|f| *f == "envoy.filters.http.wasm").unwrap();
+        let wasm = sorted.iter().position(|f| *f == wsgate).unwrap();
         for auth in EG_AUTHENTICATION {
             if let Some(at) = sorted.iter().position(|f| *f == auth) {
                 assert!(wasm < at, "wsgate after {auth} in {sorted:?}");
@@ -201,9 +217,41 @@ fn the_envoy_gateway_filter_order_puts_wsgate_before_every_authentication_filter
     // The model is no tautology: without the order, wsgate comes after them.
     let unordered = eg_sorted(EG_DEFAULT_ORDER.to_vec(), &[]);
     assert!(
-        unordered.iter().position(|f| *f == "envoy.filters.http.wasm")
+        unordered.iter().position(|f| *f == wsgate)
             > unordered.iter().position(|f| *f == "envoy.filters.http.jwt_authn")
     );
+}
+
+#[test]
+fn the_native_envoy_gateway_policy_names_a_registered_module_and_its_config_compiles() {
+    let path = "envoy/envoy-gateway/envoyextensionpolicy-native.yaml";
+    let policy = manifest(path);
+    assert_eq!(policy["kind"].as_str(), Some("EnvoyExtensionPolicy"));
+    let module = &policy["spec"]["dynamicModule"][0];
+    let proxy = manifest("envoy/envoy-gateway/envoyproxy-native.yaml");
+    let registered = &proxy["spec"]["dynamicModules"][0];
+    assert_eq!(module["name"], registered["name"], "the policy names the registered module");
+    // A local file in the proxy's image: a remote one that fails to download installs no filter.
+    assert_eq!(registered["source"]["type"].as_str(), Some("Local"));
+    assert!(registered["source"]["local"]["path"].as_str().unwrap().ends_with("libwsgate_module.so"));
+    compiles(&module["config"], path);
+}
+
+#[test]
+fn the_istio_envoy_filter_puts_the_module_first_on_the_ingress_gateway_and_its_config_compiles() {
+    let path = "envoy/istio/envoyfilter-native.yaml";
+    let filter = manifest(path);
+    assert_eq!(filter["spec"]["workloadSelector"]["labels"]["istio"].as_str(), Some("ingress"));
+    let patch = &filter["spec"]["configPatches"][0];
+    assert_eq!(patch["match"]["context"].as_str(), Some("GATEWAY"));
+    assert_eq!(patch["patch"]["operation"].as_str(), Some("INSERT_FIRST"));
+    let typed = &patch["patch"]["value"]["typed_config"];
+    assert!(typed["@type"].as_str().unwrap().ends_with("DynamicModuleFilter"));
+    // Istio keeps only the stats whose names it lists, `wasm` among them.
+    assert_eq!(typed["dynamic_module_config"]["metrics_namespace"].as_str(), Some("wasmcustom"));
+    let json: serde_json::Value =
+        serde_json::from_str(typed["filter_config"]["value"].as_str().unwrap()).unwrap();
+    compiles(&serde_yaml::to_value(&json).unwrap(), path);
 }
 
 #[test]
