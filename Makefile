@@ -84,6 +84,7 @@ build: targets $(WASM_OPT) ## Build both modules (wasm and native) and the demo 
 	cargo build --release -p wsgate-echo
 	cargo build --release --target wasm32-wasip1 -p wsgate-test-crasher
 	cargo build --profile module -p wsgate-module
+	cargo build --profile module -p wsgate-test-crasher-module
 	@ls -l $(WASM) $(MODULE)
 
 run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)

@@ -679,6 +679,16 @@ fn guarded(envoy: *mut c_void, reply: bool, hook: impl FnOnce() -> u32) -> u32 {
     }
 }
 
+/// The test build's probe (`tests/crasher-module`, feature `panic-probe`, never in the shipped
+/// module): panics on a request that asks for it.
+#[cfg(feature = "panic-probe")]
+#[allow(clippy::panic)]
+fn panic_probe(request: &Request) {
+    if request.values("x-wsgate-test-panic").next().is_some() {
+        panic!("the test probe panicked on purpose");
+    }
+}
+
 // ---- The events Envoy calls ----------------------------------------------------------------
 
 #[no_mangle]
@@ -854,6 +864,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             )
         } && tls.len > 0;
         let request = Request::new(headers(envoy, REQUEST_HEADERS)).with_tls(tls);
+        #[cfg(feature = "panic-probe")]
+        panic_probe(&request);
         let (session, mut carrier) = filter.split();
         let (flow, actions) = session.on_request_headers(&request, now_ms);
         carrier.carry_out(envoy, actions);

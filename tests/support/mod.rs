@@ -163,7 +163,7 @@ pub fn listener_yaml_with(
 /// plugin config `plugin_json` and failing closed, then the router.
 pub fn http_filters_yaml(name: &str, plugin_json: &str) -> String {
     if build() == Build::Native {
-        return native_filters_yaml(plugin_json);
+        return native_filters_yaml(&module_path(), plugin_json);
     }
     format!(
         r#"
@@ -193,7 +193,7 @@ pub fn http_filters_yaml(name: &str, plugin_json: &str) -> String {
 
 /// [`http_filters_yaml`] for the dynamic module. Its counters are put under the wasm build's
 /// prefix, so that both builds' stats have the same names.
-fn native_filters_yaml(plugin_json: &str) -> String {
+pub fn native_filters_yaml(module: &Path, plugin_json: &str) -> String {
     format!(
         r#"
           - name: envoy.filters.http.dynamic_modules
@@ -210,8 +210,15 @@ fn native_filters_yaml(plugin_json: &str) -> String {
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#,
         value = serde_json::to_string(plugin_json).unwrap(),
-        module = module_path().display(),
+        module = module.display(),
     )
+}
+
+/// A plaintext listener (see [`listener_yaml`]) whose wsgate is the dynamic module at `module`,
+/// whatever the build under test.
+pub fn module_listener_yaml(name: &str, module: &Path, plugin_json: &str) -> String {
+    listener_yaml(name, 0, plugin_json, None)
+        .replace(&http_filters_yaml(name, plugin_json), &native_filters_yaml(module, plugin_json))
 }
 
 /// The test HMAC secret (base64url), which every test VM finds in `WSGATE_TEST_HS_SECRET`.
