@@ -325,7 +325,11 @@ impl Envoy {
             .arg(&config)
             .arg("--admin-address-path")
             .arg(&admin_address)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
+            // BENCH_CONCURRENCY=2 (with BENCH_ENVOY_CORE=none): workers that share one
+            // configuration, its credential cache and key sets (the native build's locks).
+            .arg("--concurrency")
+            .arg(std::env::var("BENCH_CONCURRENCY").unwrap_or_else(|_| "1".into()))
+            .args(["--disable-hot-restart", "-l", "warning"])
             .arg("--base-id")
             .arg(format!("{}", std::process::id() % 10_000 * 10 + variant as u32))
             .stdout(Stdio::null())
