@@ -20,15 +20,15 @@ NOOP_WASM     := target/wasm32-wasip1/release/wsgate_bench_noop.wasm
 MODULE        := target/module/libwsgate_module.so
 export WSGATE_MODULE := $(abspath $(MODULE))
 # The end-to-end tests that run against both builds; the others are about the wasm VM itself
-# (its failure policy, ECDS reloads of its module).
-E2E_BOTH      := $(sort $(basename $(notdir $(filter-out tests/e2e_failure_policy.rs tests/e2e_reload.rs,$(wildcard tests/e2e_*.rs)))))
+# (its failure policy) or load one build whatever the parameter (the module's panic test).
+E2E_BOTH      := $(sort $(basename $(notdir $(filter-out tests/e2e_failure_policy.rs tests/e2e_module_panic.rs,$(wildcard tests/e2e_*.rs)))))
 
 CERT          := .run/tls/cert.pem
 FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canonical
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
-.PHONY: oci skopeo h3-client help build run run-native test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+.PHONY: oci skopeo chromium h3-client help build run run-native test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
 	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
@@ -64,10 +64,13 @@ $(CERT):
 	  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
 	  -keyout $(dir $(CERT))key.pem -out $(CERT) 2>/dev/null
 
-setup: targets envoy h3-client wasm-bindgen-cli cert wasm-opt skopeo ## Everything the build and the tests need
+setup: targets envoy h3-client wasm-bindgen-cli cert wasm-opt skopeo chromium ## Everything the build and the tests need
 
 skopeo: ## Install skopeo (Debian), which reads back `make oci`'s image in the tests
 	@command -v skopeo >/dev/null || { apt-get update -qq && apt-get install -y -qq skopeo; }
+
+chromium: ## Install Chromium (Debian), the browser of the browser tests (tests/e2e_browser.rs)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 wasm-opt: $(WASM_OPT) ## Install Binaryen's wasm-opt (npm, pinned above) into .tools
 
@@ -75,7 +78,7 @@ $(WASM_OPT):
 	npm install --silent --no-audit --no-fund --prefix .tools/binaryen binaryen@$(BINARYEN_VERSION)
 
 build: targets $(WASM_OPT) ## Build both modules (wasm and native) and the demo upstream and client
-	cargo build --release --target wasm32-wasip1 -p wsgate --lib
+	cargo build --release --target wasm32-wasip1 -p wsgate --lib --no-default-features
 	@# wasm-opt -Oz whenever cargo wrote a module that is not the one optimised last time.
 	@if ! sha256sum --status -c $(WASM).oz 2>/dev/null; then \
 	  $(WASM_OPT) -Oz $(WASM_FEATURES) $(WASM) -o $(WASM).tmp && mv -f $(WASM).tmp $(WASM) && sha256sum $(WASM) > $(WASM).oz; \

@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the core, natively: `decide` on each path, `compile`, and the list of
-//! sockets that must close with none and with 10,000 waiting. `make
+//! Micro-benchmarks of the core, natively: `decide` on each path, `compile`, the list of
+//! sockets that must close with none and with 10,000 waiting, and a store into a full
+//! credential cache. `make
 //! bench-core`. They measure the Rust code, not Envoy's wasm VM (the `bench/` harness of the
 //! benchmarks issue does that); use them to compare one change with the next.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -11,6 +12,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use wsgate::sockets::{Close, CloseReason, OpenSockets};
+use wsgate::token::cache::CredentialCache;
 use wsgate::{Policy, Request};
 
 const NOW: u64 = 1_790_000_000;
@@ -130,5 +132,30 @@ fn sockets(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decide, compile, sockets);
+/// Storing a new token into a full credential cache, which every worker shares behind one lock
+/// (natively): the time the lock is held, at the default bound and at a large one.
+fn credential_cache(c: &mut Criterion) {
+    let mut group = c.benchmark_group("credential cache");
+    for bound in [1024usize, 65_536] {
+        let cache = CredentialCache::new(bound, 300);
+        let key = |n: u64| {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&n.to_le_bytes());
+            key
+        };
+        for n in 0..bound as u64 {
+            cache.put(key(n), vec![(0, b"user".to_vec())], None, NOW);
+        }
+        let mut next = bound as u64;
+        group.bench_function(format!("a new token into a full cache of {bound}"), |b| {
+            b.iter(|| {
+                next += 1;
+                cache.put(key(next), vec![(0, b"user".to_vec())], None, NOW);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decide, compile, sockets, credential_cache);
 criterion_main!(benches);

@@ -60,7 +60,9 @@ pub struct PolicyConfig {
     pub mode: Mode,
     /// Origins allowed to open a WebSocket: RFC 6454 serialized origins
     /// (`scheme://host[:port]`), where the left-most host label may be `*` (exactly one label)
-    /// or `**` (one or more), and the port may be `*`. Required and non-empty.
+    /// or `**` (one or more), and the port may be `*`; and `same_origin`, the origin the
+    /// handshake itself was sent to (the scheme of its transport and its `:authority`).
+    /// Required and non-empty.
     pub allowed_origins: Vec<String>,
     /// What to do with an upgrade that carries no `Origin` (non-browser clients).
     /// Defaults to `deny`.
@@ -213,7 +215,7 @@ fn default_fetch_timeout() -> u64 {
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    /// The most tokens kept; the one used longest ago makes room. 0 turns the cache off.
+    /// The most tokens kept; those used longest ago make room. 0 turns the cache off.
     /// Defaults to 1024.
     #[serde(default = "default_cache_entries")]
     pub max_entries: usize,
@@ -256,7 +258,8 @@ pub struct ClaimHeader {
 }
 
 /// One place a credential may travel. Exactly one of `query`, `cookie`, `header`,
-/// `subprotocol` and `first_message`; `prefix` only with `header`.
+/// `subprotocol` and `first_message`; `prefix` only with `header`, `marker` only with
+/// `subprotocol`.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +276,11 @@ pub struct SourceConfig {
     /// The `Sec-WebSocket-Protocol` entry prefix whose remainder is the base64url-encoded
     /// credential (`base64url.bearer.authorization.k8s.io.`).
     pub subprotocol: Option<String>,
+    /// Only with `subprotocol`: a protocol name the client offers beside the credential
+    /// (`wsgate`). It is removed with the credential, and an admitted socket whose upstream
+    /// selected no protocol gets it selected on its 101, as a browser that offered protocols
+    /// requires.
+    pub marker: Option<String>,
     /// The client's first WebSocket message, a JSON object that carries the credential. Only as
     /// the last source: used when no earlier source holds a credential.
     pub first_message: Option<FirstMessageConfig>,

@@ -184,6 +184,15 @@ impl Origin {
     pub fn scheme(&self) -> &str {
         &self.scheme
     }
+
+    /// The origin a request was sent to: `scheme` (`https` if it arrived over TLS, `http` if
+    /// not) and its `:authority`, through the same parser as `Origin`. `None` where the
+    /// authority is not a plain host and port (userinfo, a path, a trailing dot, a list).
+    pub fn of_authority(tls: bool, authority: &[u8]) -> Option<Origin> {
+        let scheme = if tls { "https" } else { "http" };
+        let authority = std::str::from_utf8(authority).ok()?;
+        Origin::parse(&format!("{scheme}://{authority}")).ok()
+    }
 }
 
 impl fmt::Display for Origin {
@@ -301,11 +310,17 @@ fn parse_entry(text: &str) -> Result<Entry, OriginError> {
     }
 }
 
-/// The compiled `allowed_origins`: exact origins in a set, patterns in a short list.
+/// The entry of `allowed_origins` that allows a page's own origin: the origin of the handshake
+/// itself (its scheme and `:authority`).
+pub const SAME_ORIGIN: &str = "same_origin";
+
+/// The compiled `allowed_origins`: exact origins in a set, patterns in a short list, and
+/// whether `same_origin` is one of them.
 #[derive(Clone, Debug, Default)]
 pub struct OriginAllowList {
     exact: HashSet<Origin>,
     patterns: Vec<OriginPattern>,
+    same_origin: bool,
 }
 
 /// An entry of `allowed_origins` that was refused, with its index.
@@ -323,6 +338,10 @@ impl OriginAllowList {
         let mut list = OriginAllowList::default();
         for (index, entry) in entries.iter().enumerate() {
             let text = entry.as_ref();
+            if text == SAME_ORIGIN {
+                list.same_origin = true;
+                continue;
+            }
             let refuse = |error| EntryError { index, entry: text.to_string(), error };
             let parsed = parse_entry(text).map_err(refuse)?;
             let scheme = match &parsed {
@@ -342,13 +361,22 @@ impl OriginAllowList {
         Ok(list)
     }
 
-    pub fn allows(&self, origin: &Origin) -> bool {
-        self.exact.contains(origin) || self.patterns.iter().any(|pattern| pattern.matches(origin))
+    /// Whether `origin` may open a socket whose handshake was sent to `own` (see
+    /// [`Origin::of_authority`]; `None` if the handshake names no origin of its own).
+    pub fn allows(&self, origin: &Origin, own: Option<&Origin>) -> bool {
+        self.exact.contains(origin)
+            || self.patterns.iter().any(|pattern| pattern.matches(origin))
+            || (self.same_origin && own == Some(origin))
+    }
+
+    /// Whether `same_origin` is listed: only then is the handshake's own origin worked out.
+    pub fn same_origin(&self) -> bool {
+        self.same_origin
     }
 
     /// How many entries were compiled (for the configuration summary in the log).
     pub fn len(&self) -> usize {
-        self.exact.len() + self.patterns.len()
+        self.exact.len() + self.patterns.len() + usize::from(self.same_origin)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -371,7 +399,53 @@ mod tests {
     }
 
     fn allows(entries: &[&str], origin: &str) -> bool {
-        list(entries).allows(&Origin::parse(origin).unwrap())
+        list(entries).allows(&Origin::parse(origin).unwrap(), None)
+    }
+
+    /// Whether `entries` allow `origin` on a handshake to `authority`, over TLS or not.
+    fn allows_on(entries: &[&str], origin: &str, tls: bool, authority: &str) -> bool {
+        let own = Origin::of_authority(tls, authority.as_bytes());
+        list(entries).allows(&Origin::parse(origin).unwrap(), own.as_ref())
+    }
+
+    #[test]
+    fn same_origin_allows_the_origin_the_handshake_was_sent_to() {
+        assert!(allows_on(&["same_origin"], "https://tenant.example", true, "tenant.example"));
+        assert!(allows_on(&["same_origin"], "http://127.0.0.1:8080", false, "127.0.0.1:8080"));
+        assert!(allows_on(&["same_origin"], "https://[::1]:8443", true, "[0:0::1]:8443"));
+    }
+
+    #[test]
+    fn same_origin_reads_the_authority_in_the_origins_normal_form() {
+        assert!(allows_on(&["same_origin"], "https://tenant.example", true, "Tenant.EXAMPLE:443"));
+        assert!(allows_on(&["same_origin"], "http://tenant.example", false, "tenant.example:80"));
+    }
+
+    #[test]
+    fn same_origin_takes_the_scheme_from_the_transport() {
+        assert!(!allows_on(&["same_origin"], "https://tenant.example", false, "tenant.example"));
+        assert!(!allows_on(&["same_origin"], "http://tenant.example", true, "tenant.example"));
+    }
+
+    #[test]
+    fn same_origin_refuses_another_host_or_port() {
+        assert!(!allows_on(&["same_origin"], "https://evil.example", true, "tenant.example"));
+        assert!(!allows_on(&["same_origin"], "https://tenant.example:8443", true, "tenant.example"));
+        assert!(!allows_on(&["same_origin"], "https://tenant.example", true, "tenant.example:8443"));
+    }
+
+    #[test]
+    fn same_origin_refuses_an_authority_that_is_not_a_plain_host_and_port() {
+        for authority in
+            ["", "tenant.example.", "user@tenant.example", "tenant.example/x", "a.example,tenant.example"]
+        {
+            assert!(!allows_on(&["same_origin"], "https://tenant.example", true, authority), "{authority}");
+        }
+    }
+
+    #[test]
+    fn without_same_origin_the_handshakes_own_origin_is_not_allowed() {
+        assert!(!allows_on(&["https://app.example"], "https://tenant.example", true, "tenant.example"));
     }
 
     fn entry_error(entry: &str) -> OriginError {

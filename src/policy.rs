@@ -83,6 +83,9 @@ pub struct ResponsePlan {
     secure: bool,
     /// When an admitted socket must close (`close_on_expiry`, `max_connection_seconds`).
     close: Option<Close>,
+    /// Whether an admitted upgrade offered the policy's subprotocol marker, which its 101 gets
+    /// where the upstream selected no protocol.
+    marker: bool,
 }
 
 impl ResponsePlan {
@@ -94,12 +97,20 @@ impl ResponsePlan {
         verdict: &Verdict<'_>,
     ) -> ResponsePlan {
         let secure = rules.is_some_and(|rules| rules.secure(request));
-        ResponsePlan { applies, security_headers: matches!(verdict, Verdict::Pass(_)), secure, close: None }
+        let marker = matches!(verdict, Verdict::Admit(_))
+            && rules.and_then(|rules| rules.auth.as_ref()).is_some_and(|auth| auth.offers_marker(request));
+        ResponsePlan {
+            applies,
+            security_headers: matches!(verdict, Verdict::Pass(_)),
+            secure,
+            close: None,
+            marker,
+        }
     }
 
     /// Whether the response may get headers at all: when not, the shell need not even read it.
     pub fn edits_response(&self) -> bool {
-        self.security_headers
+        self.security_headers || self.marker
     }
 
     /// Whether the response must be looked at for [`ResponsePlan::close_after`].
@@ -118,7 +129,13 @@ impl ResponsePlan {
 /// chain ran): the default policy's headers, without HSTS.
 impl Default for ResponsePlan {
     fn default() -> ResponsePlan {
-        ResponsePlan { applies: Applies::Default, security_headers: true, secure: false, close: None }
+        ResponsePlan {
+            applies: Applies::Default,
+            security_headers: true,
+            secure: false,
+            close: None,
+            marker: false,
+        }
     }
 }
 
@@ -315,6 +332,15 @@ impl Policy {
             Some(rules) if plan.security_headers => rules.respond(plan.secure, response),
             Some(_) | None => Vec::new(),
         }
+    }
+
+    /// The subprotocol the 101 must select, if any: the marker the client offered, where the
+    /// upstream accepted the socket and selected no protocol (a browser that offered protocols
+    /// fails a handshake whose answer selects none).
+    pub fn select_protocol(&self, plan: ResponsePlan, response: &Response) -> Option<HeaderEdit<'_>> {
+        let marker = self.rules(plan.applies)?.auth.as_ref()?.marker()?;
+        (plan.marker && response.opens_socket() && !response.has("sec-websocket-protocol"))
+            .then_some(HeaderEdit::Set("sec-websocket-protocol", marker))
     }
 
     /// The credential caches' hits and misses since the last call, over every policy.
@@ -535,6 +561,17 @@ impl Rules {
         Ok(())
     }
 
+    /// The origin the handshake was sent to, for `same_origin`: the scheme from the transport
+    /// (TLS, or `x-forwarded-proto` only where `trust_forwarded_proto` says so) and the one
+    /// `:authority` as Envoy received it; never `Host` copies such as `x-forwarded-host`.
+    fn own_origin(&self, request: &Request) -> Option<Origin> {
+        let mut lines = request.values(":authority");
+        match (lines.next(), lines.next()) {
+            (Some(authority), None) => Origin::of_authority(self.secure(request), authority),
+            _ => None,
+        }
+    }
+
     fn check_origin(&self, request: &Request) -> Result<(), DenyReason> {
         let mut lines = request.values("origin");
         let admit = |admission, reason| match admission {
@@ -552,7 +589,8 @@ impl Rules {
                     .ok()
                     .and_then(|text| Origin::parse(text).ok())
                     .ok_or(DenyReason::OriginMalformed)?;
-                if self.origins.allows(&origin) {
+                let own = self.origins.same_origin().then(|| self.own_origin(request)).flatten();
+                if self.origins.allows(&origin, own.as_ref()) {
                     Ok(())
                 } else {
                     Err(DenyReason::OriginNotAllowed)

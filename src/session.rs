@@ -329,9 +329,12 @@ impl Session {
         if let Some(close) = self.plan.close_after(response) {
             actions.push(self.close_at(Some(close)));
         }
-        let edits = respond(self.policy.as_deref(), self.plan, response);
+        let mut edits = respond(self.policy.as_deref(), self.plan, response);
         if !edits.is_empty() {
             actions.push(Action::Count(Counter::ResponseHeadersAdded, edits.len()));
+        }
+        edits.extend(self.policy.as_deref().and_then(|policy| policy.select_protocol(self.plan, response)));
+        if !edits.is_empty() {
             actions.push(Action::EditResponse(edits));
         }
         actions

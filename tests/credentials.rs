@@ -8,7 +8,7 @@ mod common;
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use sha2::{Digest, Sha256};
-use wsgate::{DenyReason, Policy, Request, RequestEdit, Verdict};
+use wsgate::{DenyReason, HeaderEdit, Policy, Request, RequestEdit, Response, Verdict};
 
 const NOW: u64 = 1_790_000_000;
 const KEY: &str = "k-7f3a9c";
@@ -98,6 +98,56 @@ fn a_key_in_a_subprotocol_is_verified_and_only_its_entry_removed() {
     let request = handshake("/ws", &[("sec-websocket-protocol", &format!("chat, {K8S}{encoded}"))]);
     let edits = admitted(policy.decide(&request, NOW));
     assert_eq!(edits, vec![RequestEdit::Set("sec-websocket-protocol", b"chat".to_vec()), identity()]);
+}
+
+/// A policy whose subprotocol source has the marker `wsgate`.
+fn policy_with_marker() -> Policy {
+    let json = format!(
+        r#"{{"allowed_origins": ["https://app.example.com"],
+            "auth": {{"sources": [{{"subprotocol": "{K8S}", "marker": "wsgate"}}],
+                     "api_keys": [{{"id": "build-bot", "sha256": "{}"}}]}}}}"#,
+        sha256_hex(KEY)
+    );
+    Policy::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn upstream_answer(protocol: Option<&str>) -> Response {
+    let mut headers = vec![(":status".to_string(), b"101".to_vec())];
+    headers.extend(protocol.map(|p| ("sec-websocket-protocol".to_string(), p.as_bytes().to_vec())));
+    Response::new(headers)
+}
+
+#[test]
+fn the_marker_is_removed_with_the_credential_and_the_applications_protocols_kept() {
+    let policy = policy_with_marker();
+    let request = handshake("/ws", &[("sec-websocket-protocol", &format!("wsgate, chat, {K8S}ay03ZjNhOWM"))]);
+    let edits = admitted(policy.decide(&request, NOW));
+    assert_eq!(edits, vec![RequestEdit::Set("sec-websocket-protocol", b"chat".to_vec()), identity()]);
+}
+
+#[test]
+fn an_admitted_socket_whose_upstream_selected_no_protocol_selects_the_offered_marker() {
+    let policy = policy_with_marker();
+    let request = handshake("/ws", &[("sec-websocket-protocol", &format!("wsgate, {K8S}ay03ZjNhOWM"))]);
+    let (verdict, plan) = policy.decide_and_plan(&request, || NOW * 1000);
+    assert!(matches!(verdict, Verdict::Admit(_)));
+    assert_eq!(
+        policy.select_protocol(plan, &upstream_answer(None)),
+        Some(HeaderEdit::Set("sec-websocket-protocol", "wsgate"))
+    );
+    assert_eq!(policy.select_protocol(plan, &upstream_answer(Some("chat"))), None, "the upstream chose one");
+}
+
+#[test]
+fn no_protocol_is_selected_for_a_client_that_did_not_offer_the_marker_or_was_refused() {
+    let policy = policy_with_marker();
+    let unmarked = handshake("/ws", &[("sec-websocket-protocol", &format!("{K8S}ay03ZjNhOWM"))]);
+    let (_, plan) = policy.decide_and_plan(&unmarked, || NOW * 1000);
+    assert_eq!(policy.select_protocol(plan, &upstream_answer(None)), None);
+    let forged = handshake("/ws", &[("sec-websocket-protocol", &format!("wsgate, {K8S}Zm9yZ2Vk"))]);
+    let (verdict, plan) = policy.decide_and_plan(&forged, || NOW * 1000);
+    assert!(matches!(verdict, Verdict::Deny(_)));
+    assert_eq!(policy.select_protocol(plan, &upstream_answer(None)), None);
 }
 
 #[test]
@@ -273,6 +323,21 @@ fn bad_auth_configurations_are_refused_with_the_field_named() {
             "not a valid name",
         ),
         (format!(r#"{{"sources": [{{"path": "a"}}], {keys}}}"#), "auth.sources[0].path", "unknown field"),
+        (
+            format!(r#"{{"sources": [{{"query": "a", "marker": "wsgate"}}], {keys}}}"#),
+            "auth.sources[0].marker",
+            "only with",
+        ),
+        (
+            format!(r#"{{"sources": [{{"subprotocol": "{K8S}", "marker": "{K8S}x"}}], {keys}}}"#),
+            "auth.sources[0].marker",
+            "read as a credential",
+        ),
+        (
+            format!(r#"{{"sources": [{{"subprotocol": "{K8S}", "marker": "a b"}}], {keys}}}"#),
+            "auth.sources[0].marker",
+            "not a valid name",
+        ),
         (r#"{"sources": [{"query": "a"}]}"#.to_string(), "auth", "verifies nothing"),
         (
             r#"{"sources": [{"query": "a"}], "api_keys": [{"id": "a", "sha256": "abc"}]}"#.to_string(),

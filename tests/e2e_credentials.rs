@@ -14,6 +14,7 @@ const K8S: &str = "base64url.bearer.authorization.k8s.io.";
 /// base64url("k-7f3a9c"), no padding.
 const KEY_BASE64URL: &str = "ay03ZjNhOWM";
 const ALLOWED: (&str, &str) = ("origin", "https://app.example.com");
+const ALLOWED_LINE: &str = "origin: https://app.example.com";
 
 fn config() -> String {
     let hash: String = Sha256::digest(KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
@@ -205,4 +206,41 @@ async fn a_forged_identity_header_never_reaches_the_upstream_on_an_ordinary_requ
         raw(gate.port(), b"GET /page HTTP/1.1\r\nhost: localhost\r\nx-wsgate-key-id: admin\r\n\r\n").await;
     assert_eq!(reply.status, 200);
     assert_eq!(gate.upstream_requests()[0].header_values("x-wsgate-key-id"), Vec::<&str>::new());
+}
+
+/// [`config`] with the marker `wsgate` on the subprotocol source.
+fn config_with_marker() -> String {
+    config().replace(
+        &format!(r#"{{"subprotocol": "{K8S}"}}"#),
+        &format!(r#"{{"subprotocol": "{K8S}", "marker": "wsgate"}}"#),
+    )
+}
+
+/// An allowed handshake offering `protocols`, answered.
+async fn offering(gate: &Gate, protocols: &str) -> support::client::RawReply {
+    let protocols = format!("sec-websocket-protocol: {protocols}");
+    let lines: &[&[u8]] =
+        &[b"connection: upgrade", b"upgrade: websocket", ALLOWED_LINE.as_bytes(), protocols.as_bytes()];
+    raw(gate.port(), &raw_upgrade(lines)).await
+}
+
+#[tokio::test]
+async fn a_client_offering_the_marker_beside_its_credential_gets_the_marker_selected_and_the_upstream_neither(
+) {
+    let gate = Gate::start(&[&config_with_marker()]).await;
+    let reply = offering(&gate, &format!("wsgate, {K8S}{KEY_BASE64URL}")).await;
+    assert_eq!(reply.status, 101);
+    assert_eq!(reply.header("sec-websocket-protocol"), vec!["wsgate"]);
+    let seen = &gate.upstream_requests()[0];
+    assert_clean(seen);
+    assert_eq!(seen.header_values("sec-websocket-protocol"), Vec::<&str>::new());
+}
+
+#[tokio::test]
+async fn the_upstreams_own_choice_of_protocol_stands_beside_the_marker() {
+    let gate = Gate::start(&[&config_with_marker()]).await;
+    let reply = offering(&gate, &format!("wsgate, chat.v2, {K8S}{KEY_BASE64URL}")).await;
+    assert_eq!(reply.status, 101);
+    assert_eq!(reply.header("sec-websocket-protocol"), vec!["chat.v2"]);
+    assert_eq!(gate.upstream_requests()[0].header_values("sec-websocket-protocol"), vec!["chat.v2"]);
 }

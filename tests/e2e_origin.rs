@@ -187,3 +187,93 @@ async fn each_listener_applies_its_own_plugin_config() {
         raw_upgrade(&[b"connection: upgrade", b"upgrade: websocket", b"origin: https://evil.example"]);
     assert_eq!(raw(internal, &request).await.body, "local only");
 }
+
+/// `same_origin` alone: a page may open a socket to its own scheme, host and port.
+const SAME_ORIGIN: &str = r#"{"allowed_origins": ["same_origin"], "require_tls": false}"#;
+
+/// A WebSocket handshake for raw TCP to `host`, with `origin` and the given extra header lines.
+fn handshake_to(host: &str, origin: &str, extra_lines: &[&str]) -> Vec<u8> {
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nhost: {host}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\norigin: {origin}\r\n"
+    );
+    for line in extra_lines {
+        request.push_str(&format!("{line}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.into_bytes()
+}
+
+#[tokio::test]
+async fn same_origin_admits_a_page_on_the_host_and_port_the_handshake_was_sent_to() {
+    let gate = Gate::start(&[SAME_ORIGIN]).await;
+    for (host, origin) in [
+        ("tenant.example", "http://tenant.example"),
+        ("Tenant.EXAMPLE:80", "http://tenant.example"),
+        ("127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ] {
+        let reply = raw(gate.port(), &handshake_to(host, origin, &[])).await;
+        assert_eq!(reply.status, 101, "{origin} to {host} got {}", reply.status);
+    }
+    assert_eq!(gate.upstream_requests().len(), 3);
+}
+
+#[tokio::test]
+async fn same_origin_refuses_another_origin_whatever_the_handshake_says_of_its_host_and_scheme() {
+    let gate = Gate::start(&[SAME_ORIGIN]).await;
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("another site", "tenant.example", "http://evil.example", &[]),
+        ("another port", "tenant.example", "http://tenant.example:8080", &[]),
+        (
+            "https over plaintext, forged x-forwarded-proto",
+            "tenant.example",
+            "https://tenant.example",
+            &["x-forwarded-proto: https"],
+        ),
+        (
+            "a forged x-forwarded-host",
+            "tenant.example",
+            "http://evil.example",
+            &["x-forwarded-host: evil.example"],
+        ),
+        (
+            "a forged Forwarded host",
+            "tenant.example",
+            "http://evil.example",
+            &["forwarded: host=evil.example"],
+        ),
+        (
+            "a forged x-forwarded-port",
+            "tenant.example",
+            "http://tenant.example:8080",
+            &["x-forwarded-port: 8080"],
+        ),
+        ("a host with a trailing dot", "tenant.example.", "http://tenant.example", &[]),
+    ];
+    for (what, host, origin, extra) in cases {
+        let reply = raw(gate.port(), &handshake_to(host, origin, extra)).await;
+        assert_eq!(reply.status, 403, "{what}: {origin} to {host} got {}", reply.status);
+    }
+    assert_eq!(gate.upstream_requests(), vec![], "the upstream saw a refused handshake");
+}
+
+#[tokio::test]
+async fn same_origin_reads_https_from_x_forwarded_proto_only_where_it_is_trusted() {
+    let trusted =
+        r#"{"allowed_origins": ["same_origin"], "require_tls": false, "trust_forwarded_proto": true}"#;
+    let gate = Gate::start(&[trusted]).await;
+    let forwarded = handshake_to("tenant.example", "https://tenant.example", &["x-forwarded-proto: https"]);
+    assert_eq!(raw(gate.port(), &forwarded).await.status, 101);
+    let plain = handshake_to("tenant.example", "https://tenant.example", &[]);
+    assert_eq!(raw(gate.port(), &plain).await.status, 403);
+}
+
+#[tokio::test]
+async fn same_origin_reads_the_authority_of_an_http2_websocket() {
+    let gate = Gate::start(&[SAME_ORIGIN]).await;
+    let authority = format!("127.0.0.1:{}", gate.port());
+    let own = h2_websocket(gate.port(), "/ws", &[("origin", &format!("http://{authority}"))]).await;
+    assert_eq!(own.status, 200);
+    let other = h2_websocket(gate.port(), "/ws", &[("origin", "http://127.0.0.1:1")]).await;
+    assert_eq!(other.status, 403);
+}

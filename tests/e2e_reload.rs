@@ -10,29 +10,43 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::client::{ws_connect, ws_echo};
-use support::{bootstrap_yaml, wasm_path, Envoy, Recorder};
+use support::{bootstrap_yaml, build, module_path, wasm_path, Build, Envoy, Recorder};
 
+/// The filter's configuration as an ECDS resource, for the build under test.
 fn ecds_resource(allowed_origin: &str) -> String {
     let plugin = format!(r#"{{"allowed_origins": ["{allowed_origin}"], "require_tls": false}}"#);
-    format!(
-        r#"resources:
-- "@type": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig
-  name: wsgate
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+    let value = serde_json::to_string(&plugin).unwrap();
+    let typed_config = match build() {
+        Build::Native => format!(
+            r#"    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    dynamic_module_config:
+      module: {{local: {{filename: {module}}}}}
+      metrics_namespace: wasmcustom
+    filter_name: wsgate
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.StringValue
+      value: {value}
+"#,
+            module = module_path().display(),
+        ),
+        Build::Wasm => format!(
+            r#"    "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
     config:
       name: wsgate
       root_id: wsgate
       failure_policy: FAIL_CLOSED
       configuration:
         "@type": type.googleapis.com/google.protobuf.StringValue
-        value: {}
+        value: {value}
       vm_config:
         runtime: envoy.wasm.runtime.v8
-        code: {{local: {{filename: {}}}}}
+        code: {{local: {{filename: {wasm}}}}}
 "#,
-        serde_json::to_string(&plugin).unwrap(),
-        wasm_path().display()
+            wasm = wasm_path().display(),
+        ),
+    };
+    format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig\n  name: wsgate\n  typed_config:\n{typed_config}"
     )
 }
 
@@ -59,12 +73,18 @@ fn bootstrap(upstream: std::net::SocketAddr, resource: &Path) -> String {
           - name: wsgate
             config_discovery:
               config_source: {{path_config_source: {{path: {}}}}}
-              type_urls: [type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm]
+              type_urls: [{type_url}]
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
-        resource.display()
+        resource.display(),
+        type_url = match build() {
+            Build::Wasm => "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            Build::Native => {
+                "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+            }
+        }
     );
     format!(
         "node: {{id: wsgate-reload-test, cluster: wsgate-tests}}\n{}",
@@ -129,4 +149,24 @@ async fn a_new_configuration_applies_to_new_handshakes_while_open_sockets_keep_w
     assert!(ws_connect(port, "/ws", &[("origin", "https://other.example")]).await.is_ok());
     assert_eq!(ws_connect(port, "/ws", &[("origin", "https://app.example.com")]).await.err(), Some(403));
     assert_eq!(ws_echo(&mut admitted_before, "still").await, "still");
+
+    // The native build: each configuration has a timer thread, which stops with it once its
+    // last socket is gone, so that reloads do not pile threads up.
+    if build() == Build::Native {
+        drop(admitted_before);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while timer_threads(envoy.pid()) != 1 {
+            assert!(Instant::now() < deadline, "{} timer threads", timer_threads(envoy.pid()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// How many threads of the process are the module's timer threads, by their name.
+fn timer_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "wsgate-timer")
+        .count()
 }

@@ -36,3 +36,25 @@ fn the_schema_describes_both_forms_and_every_policy_key() {
     assert_eq!(schema["$defs"]["Mode"]["enum"], serde_json::json!(["enforce", "shadow"]));
     assert_eq!(schema["$defs"]["PolicyConfig"]["additionalProperties"], serde_json::json!(false));
 }
+
+/// `cargo run --bin wsgate-check` and `cargo install --path . --bin wsgate-check` take the
+/// default features: those must hold every feature the checker needs.
+#[test]
+fn the_checker_builds_with_the_default_features() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let package = metadata["packages"].as_array().unwrap().iter().find(|p| p["name"] == "wsgate").unwrap();
+    let defaults = package["features"]["default"].as_array().unwrap();
+    let checker =
+        package["targets"].as_array().unwrap().iter().find(|t| t["name"] == "wsgate-check").unwrap();
+    let needed = checker["required-features"].as_array().cloned().unwrap_or_default();
+    for feature in &needed {
+        assert!(defaults.contains(feature), "wsgate-check needs {feature}, which is not a default feature");
+    }
+}

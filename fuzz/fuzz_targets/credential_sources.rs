@@ -19,7 +19,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         Source::Query("token".into()),
         Source::Cookie("ws_token".into()),
         Source::Header { name: "authorization".into(), prefix: "Bearer ".into() },
-        Source::Subprotocol("base64url.bearer.authorization.k8s.io.".into()),
+        Source::Subprotocol { prefix: "base64url.bearer.authorization.k8s.io.".into(), marker: Some("wsgate".into()) },
     ];
     for source in &sources {
         let request = Request::new(headers.clone());

@@ -1,8 +1,8 @@
 //! A cache of verified credentials, per VM: clients reconnect with the same token, and an
 //! asymmetric signature costs a millisecond in a wasm VM. Keyed by the SHA-256 of the
 //! credential (the credential itself is never kept), it holds the verified identity until the
-//! earlier of the token's expiry and a TTL. A failure is never cached. When full, the entry used
-//! longest ago makes room.
+//! earlier of the token's expiry and a TTL. A failure is never cached. When full, the entries
+//! used longest ago make room, in constant time.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,20 +18,28 @@ struct Entry {
     token_expiry: Option<u64>,
     /// The first second at which the entry must no longer be served.
     expires_at: u64,
-    /// When it was last served or stored, in the cache's own ticks.
-    last_used: u64,
 }
 
-/// Bounded, least-recently-used, never serving an expired entry. Shared by every stream of a
-/// configuration (every worker thread, in the native build) behind one lock, held for a lookup
-/// or an insert only, never while a signature is verified; a lock that cannot be had (a panic
-/// while it was held) just means no cache, never a panic.
+/// Two generations: entries are stored and served into `current`; when it holds half the
+/// bound, it becomes `previous` and the old `previous` is dropped whole. An entry served from
+/// `previous` moves back to `current`. So every operation is constant time (no scan for the
+/// oldest entry, under a lock that every worker shares), the bound holds, and an entry used
+/// within the last half-bound of stores is never the one dropped.
+#[derive(Debug, Default)]
+struct Generations {
+    current: HashMap<[u8; 32], Entry>,
+    previous: HashMap<[u8; 32], Entry>,
+}
+
+/// Bounded, least-recently-used by generations, never serving an expired entry. Shared by
+/// every stream of a configuration (every worker thread, in the native build) behind one lock,
+/// held for a lookup or an insert only, never while a signature is verified; a lock that cannot
+/// be had (a panic while it was held) just means no cache, never a panic.
 #[derive(Debug, Default)]
 pub struct CredentialCache {
     max_entries: usize,
     ttl: u64,
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
-    ticks: AtomicU64,
+    entries: Mutex<Generations>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -48,8 +56,28 @@ impl CredentialCache {
         CredentialCache { max_entries, ttl, ..CredentialCache::default() }
     }
 
-    fn tick(&self) -> u64 {
-        self.ticks.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    /// How many entries a generation holds before it becomes the previous one: half the bound,
+    /// so that both together never exceed it (a bound of 1 keeps no previous generation).
+    fn generation(&self) -> usize {
+        (self.max_entries / 2).max(1)
+    }
+
+    /// Puts `entry` into the current generation, which first becomes the previous one if full.
+    /// Returns the generation that this dropped, for the caller to free once it has let go of
+    /// the lock.
+    #[must_use]
+    fn store(&self, entries: &mut Generations, key: [u8; 32], entry: Entry) -> HashMap<[u8; 32], Entry> {
+        let mut dropped = HashMap::new();
+        if entries.current.len() >= self.generation() && !entries.current.contains_key(&key) {
+            let full = std::mem::take(&mut entries.current);
+            dropped = match self.max_entries < 2 {
+                true => full,
+                false => std::mem::replace(&mut entries.previous, full),
+            };
+        }
+        entries.previous.remove(&key);
+        entries.current.insert(key, entry);
+        dropped
     }
 
     /// The identity stored for `key` and its token's expiry, if there is one that has not
@@ -58,21 +86,27 @@ impl CredentialCache {
         if self.max_entries == 0 {
             return None;
         }
-        let tick = self.tick();
         let Ok(mut entries) = self.entries.lock() else {
             return None;
         };
-        let found = match entries.get_mut(key) {
-            Some(entry) if now < entry.expires_at => {
-                entry.last_used = tick;
-                Some((entry.identity.clone(), entry.token_expiry))
-            }
+        let mut dropped = HashMap::new();
+        let found = match entries.current.get(key) {
+            Some(entry) if now < entry.expires_at => Some((entry.identity.clone(), entry.token_expiry)),
             Some(_) => {
-                entries.remove(key);
+                entries.current.remove(key);
                 None
             }
-            None => None,
+            None => match entries.previous.remove(key) {
+                Some(entry) if now < entry.expires_at => {
+                    let found = (entry.identity.clone(), entry.token_expiry);
+                    dropped = self.store(&mut entries, *key, entry);
+                    Some(found)
+                }
+                _ => None,
+            },
         };
+        drop(entries);
+        drop(dropped);
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         found
@@ -86,21 +120,12 @@ impl CredentialCache {
         if self.max_entries == 0 || expires_at <= now {
             return;
         }
-        let tick = self.tick();
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
-        if entries.len() >= self.max_entries && !entries.contains_key(&key) {
-            // Expired entries go first; otherwise the one used longest ago.
-            entries.retain(|_, entry| now < entry.expires_at);
-            if entries.len() >= self.max_entries {
-                let oldest = entries.iter().min_by_key(|(_, entry)| entry.last_used).map(|(key, _)| *key);
-                if let Some(oldest) = oldest {
-                    entries.remove(&oldest);
-                }
-            }
-        }
-        entries.insert(key, Entry { identity, token_expiry, expires_at, last_used: tick });
+        let dropped = self.store(&mut entries, key, Entry { identity, token_expiry, expires_at });
+        drop(entries);
+        drop(dropped);
     }
 
     /// Hits and misses since the last call (for the counters).
@@ -109,7 +134,7 @@ impl CredentialCache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|entries| entries.len()).unwrap_or(0)
+        self.entries.lock().map(|entries| entries.current.len() + entries.previous.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -156,32 +181,51 @@ mod tests {
     }
 
     #[test]
-    fn the_bound_holds_and_the_entry_used_longest_ago_makes_room() {
-        let cache = CredentialCache::new(3, 300);
-        for n in 1..=3 {
-            cache.put(key(n), identity(n), None, 0);
-        }
-        assert!(cache.get(&key(1), 1).is_some(), "1 is now the most recently used");
-        cache.put(key(4), identity(4), None, 1);
-        assert_eq!(cache.len(), 3);
-        assert_eq!(cache.get(&key(2), 1), None, "2 was used longest ago");
-        for n in [1, 3, 4] {
-            assert!(cache.get(&key(n), 1).is_some(), "{n}");
-        }
-        for n in 5..50 {
-            cache.put(key(n), identity(n), None, 2);
-            assert!(cache.len() <= 3);
+    fn the_bound_holds_however_many_are_stored() {
+        for max_entries in [1, 2, 3, 8, 1024] {
+            let cache = CredentialCache::new(max_entries, 300);
+            for n in 0..3000u32 {
+                let mut key = [0; 32];
+                key[..4].copy_from_slice(&n.to_le_bytes());
+                cache.put(key, identity(0), None, 0);
+                assert!(cache.len() <= max_entries, "{} entries under a bound of {max_entries}", cache.len());
+            }
         }
     }
 
     #[test]
-    fn expired_entries_make_room_before_live_ones() {
-        let cache = CredentialCache::new(2, 300);
+    fn an_entry_used_within_the_last_half_bound_of_stores_is_kept() {
+        let cache = CredentialCache::new(8, 300);
+        cache.put(key(1), identity(1), None, 0);
+        for round in 0..10u8 {
+            // Four new entries (half the bound), then a use of the first: it stays.
+            for n in 0..4 {
+                cache.put(key(100 + round * 4 + n), identity(0), None, 0);
+            }
+            assert!(cache.get(&key(1), 0).is_some(), "dropped in round {round}");
+        }
+    }
+
+    #[test]
+    fn an_entry_not_used_for_a_whole_bound_of_stores_makes_room() {
+        let cache = CredentialCache::new(8, 300);
+        cache.put(key(1), identity(1), None, 0);
+        for n in 0..8 {
+            cache.put(key(100 + n), identity(0), None, 0);
+        }
+        assert_eq!(cache.get(&key(1), 0), None);
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_served_from_either_generation() {
+        let cache = CredentialCache::new(4, 300);
         cache.put(key(1), identity(1), Some(10), 0);
-        cache.put(key(2), identity(2), Some(1_000), 0);
-        cache.put(key(3), identity(3), Some(1_000), 20);
-        assert!(cache.get(&key(2), 21).is_some());
-        assert!(cache.get(&key(3), 21).is_some());
+        cache.put(key(2), identity(2), Some(10), 0);
+        cache.put(key(3), identity(3), None, 0);
+        assert_eq!(cache.get(&key(1), 10), None, "from the previous generation");
+        assert_eq!(cache.get(&key(3), 10).map(|(identity, _)| identity), Some(identity(3)));
+        cache.put(key(4), identity(4), Some(10), 10);
+        assert_eq!(cache.get(&key(2), 10), None);
     }
 
     #[test]

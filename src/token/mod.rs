@@ -151,6 +151,22 @@ impl Auth {
         self.deny_status
     }
 
+    /// The subprotocol source's marker, if it has one: the protocol wsgate selects on the 101
+    /// when the upstream selects none.
+    pub fn marker(&self) -> Option<&str> {
+        self.sources.iter().find_map(|source| match source {
+            Source::Subprotocol { marker, .. } => marker.as_deref(),
+            _ => None,
+        })
+    }
+
+    /// Whether `request` offers the marker among its subprotocols.
+    pub fn offers_marker(&self, request: &Request) -> bool {
+        self.marker().is_some_and(|marker| {
+            source::offered_subprotocols(request).any(|entry| entry == marker.as_bytes())
+        })
+    }
+
     /// The first-message source, if configured.
     pub fn first_message(&self) -> Option<&FirstMessageRule> {
         self.first_message.as_ref()
@@ -295,6 +311,9 @@ fn compile_source(source: &SourceConfig, field: &str) -> Result<Source, ConfigEr
     if source.prefix.is_some() && source.header.is_none() {
         return Err(ConfigError::new(format!("{field}.prefix"), "goes only with \"header\""));
     }
+    if source.marker.is_some() && source.subprotocol.is_none() {
+        return Err(ConfigError::new(format!("{field}.marker"), "goes only with \"subprotocol\""));
+    }
     let token = |value: &str, key: &str| -> Result<String, ConfigError> {
         if value.is_empty() || !value.bytes().all(is_tchar) {
             return Err(ConfigError::new(format!("{field}.{key}"), format!("{value:?} is not a valid name")));
@@ -317,7 +336,15 @@ fn compile_source(source: &SourceConfig, field: &str) -> Result<Source, ConfigEr
             }
             Source::Header { name, prefix }
         }
-        (_, _, _, Some(prefix)) => Source::Subprotocol(token(prefix, "subprotocol")?),
+        (_, _, _, Some(prefix)) => {
+            let prefix = token(prefix, "subprotocol")?;
+            let marker = source.marker.as_deref().map(|marker| token(marker, "marker")).transpose()?;
+            if marker.as_ref().is_some_and(|marker| marker.starts_with(&prefix)) {
+                let problem = "starts with the subprotocol prefix, so it would be read as a credential";
+                return Err(ConfigError::new(format!("{field}.marker"), problem));
+            }
+            Source::Subprotocol { prefix, marker }
+        }
         (None, None, None, None) => return Err(ConfigError::new(field, "names no source")),
     })
 }

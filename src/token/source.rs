@@ -16,8 +16,9 @@ pub enum Source {
     Cookie(String),
     /// A header (lower-case name), whose value starts with `prefix` (may be empty).
     Header { name: String, prefix: String },
-    /// The `Sec-WebSocket-Protocol` entry that starts with this prefix.
-    Subprotocol(String),
+    /// The `Sec-WebSocket-Protocol` entry that starts with `prefix`; `marker`, an entry the
+    /// client offers beside it, is removed with it.
+    Subprotocol { prefix: String, marker: Option<String> },
 }
 
 /// What a source holds in one request.
@@ -42,7 +43,7 @@ impl Source {
             Source::Query(name) => query(request.path(), name),
             Source::Cookie(name) => cookie(request, name),
             Source::Header { name, prefix } => header(request, name, prefix),
-            Source::Subprotocol(prefix) => subprotocol(request, prefix),
+            Source::Subprotocol { prefix, marker } => subprotocol(request, prefix, marker.as_deref()),
         };
         match lookup {
             Lookup::Found { credential, .. } if credential.is_empty() => Lookup::Malformed,
@@ -195,14 +196,14 @@ fn header<'s>(request: &Request, name: &'s str, prefix: &str) -> Lookup<'s> {
 
 /// The one `Sec-WebSocket-Protocol` entry that starts with `prefix`; the rest of the entry is
 /// the credential in base64url without padding (the Kubernetes convention). The other entries
-/// are the application's and are written back.
-fn subprotocol(request: &Request, prefix: &str) -> Lookup<'static> {
+/// are the application's and are written back, but for `marker`, which is wsgate's own.
+fn subprotocol(request: &Request, prefix: &str, marker: Option<&str>) -> Lookup<'static> {
     let mut found = Vec::new();
     let mut kept: Vec<&[u8]> = Vec::new();
-    let entries = request.values("sec-websocket-protocol").flat_map(|line| line.split(|&b| b == b','));
-    for entry in entries.map(<[u8]>::trim_ascii).filter(|e| !e.is_empty()) {
+    for entry in offered_subprotocols(request) {
         match entry.strip_prefix(prefix.as_bytes()) {
             Some(encoded) => found.push(encoded),
+            None if marker.is_some_and(|marker| entry == marker.as_bytes()) => {}
             None => kept.push(entry),
         }
     }
@@ -218,6 +219,15 @@ fn subprotocol(request: &Request, prefix: &str) -> Lookup<'static> {
         },
         _ => Lookup::Duplicated,
     }
+}
+
+/// The non-empty entries of every `Sec-WebSocket-Protocol` line, trimmed.
+pub fn offered_subprotocols(request: &Request) -> impl Iterator<Item = &[u8]> {
+    request
+        .values("sec-websocket-protocol")
+        .flat_map(|line| line.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|entry| !entry.is_empty())
 }
 
 /// The single credential found, or why there is not exactly one. `readings` counts the items
@@ -411,7 +421,7 @@ mod tests {
     const K8S: &str = "base64url.bearer.authorization.k8s.io.";
 
     fn in_subprotocols(value: &str) -> Lookup<'static> {
-        lookup(Source::Subprotocol(K8S.into()), &[("sec-websocket-protocol", value)])
+        lookup(Source::Subprotocol { prefix: K8S.into(), marker: None }, &[("sec-websocket-protocol", value)])
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! stopped by PID when its handle drops, pass or fail; on a failing test its log is printed.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+pub mod browser;
 pub mod client;
 #[path = "../common/mod.rs"]
 pub mod common;
