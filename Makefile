@@ -28,7 +28,7 @@ FUZZ_TARGETS  := config origin credential_sources jwt decide first_message canon
 FUZZ_SECONDS  ?= 60
 SOAK_SECONDS  ?= 180
 
-.PHONY: oci skopeo chromium h3-client help build run run-native test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
+.PHONY: oci skopeo chromium h3-client help build run run-native screenshot test test-native test-module test-wasm lint fmt clean setup targets envoy wasm-bindgen-cli cert schema \
 	fuzz fuzz-smoke fuzz-tools soak bench bench-core wasm-opt
 
 help: ## List the targets
@@ -92,6 +92,9 @@ build: targets $(WASM_OPT) ## Build both modules (wasm and native) and the demo 
 
 run: build envoy cert ## Start the demo: echo upstream and Envoy with wsgate (envoy/envoy.yaml)
 	ENVOY=$(ENVOY) scripts/run-demo.sh
+
+screenshot: build envoy cert chromium ## The demo page in Chromium, to docs/demo.png and docs/demo-other-origin.png
+	WSGATE_DEMO_SCREENSHOT=1 cargo test -p wsgate --all-features --test e2e_demo -- the_demo_screenshots_are_of_the_current_page
 
 run-native: build envoy cert ## The same demo with the dynamic module (envoy/dynamic-module/envoy.yaml)
 	ENVOY=$(ENVOY) CONFIG=envoy/dynamic-module/envoy.yaml scripts/run-demo.sh

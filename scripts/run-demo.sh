@@ -11,7 +11,11 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-target/release/wsgate-echo 127.0.0.1:9000 &
+# A token for the demo's /private path, signed now with the demo key in $CONFIG; the demo page
+# (served by the echo upstream) logs in with it.
+TOKEN=$(scripts/demo-token.sh "$CONFIG")
+FORGED=$(scripts/demo-token.sh "$CONFIG" forged)
+WSGATE_DEMO_TOKEN=$TOKEN WSGATE_DEMO_GATE=127.0.0.1:8080 target/release/wsgate-echo 127.0.0.1:9000 &
 pids+=($!)
 # Envoy's own lines at warning and up; wsgate's (config loaded, each denial) at info and up.
 "$ENVOY" -c "$CONFIG" --concurrency 2 -l warn --component-log-level wasm:info,dynamic_modules:info &
@@ -43,6 +47,28 @@ admin :9901. Try, in another terminal:
   $client ws://127.0.0.1:8081/ws hello
       101 Switching Protocols        (the internal listener admits tools that send no Origin)
       echo: hello
+
+In a browser, http://127.0.0.1:8080/ is the demo page served through Envoy (an origin wsgate
+allows: same_origin), and http://127.0.0.1:9000/ the same page on another origin of the site,
+which wsgate refuses. Each opens a socket, logs in by first message and tries the CSP.
+
+/private wants a JWT. This one was signed just now with the demo key in $CONFIG (published
+there: never use it elsewhere) and is valid for an hour:
+
+  TOKEN=$TOKEN
+
+  $client "ws://127.0.0.1:8080/private?access_token=\$TOKEN" --origin https://app.example.com hello
+      101 Switching Protocols        (the token in the query; the upstream never sees it)
+      echo: hello
+  $client ws://127.0.0.1:8080/private --origin https://app.example.com --header "cookie: ws_token=\$TOKEN" hello
+      101 Switching Protocols        (in a cookie)
+      echo: hello
+  $client ws://127.0.0.1:8080/private --origin https://app.example.com --first "{\"type\":\"auth\",\"token\":\"\$TOKEN\"}" hello
+      101 Switching Protocols        (in the first message, which wsgate reads and keeps)
+      echo: hello
+  $client "ws://127.0.0.1:8080/private?access_token=$FORGED" --origin https://app.example.com hello
+      401 Unauthorized               (the same claims signed with another key)
+      Unauthorized
 
 Over TLS (self-signed certificate, hence -k), where wss:// is required:
 

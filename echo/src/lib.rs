@@ -109,12 +109,37 @@ impl Recorder {
     }
 }
 
+/// The demo page that `make run` serves (`/`, `/demo.js`, `/demo/config`): where Envoy with
+/// wsgate listens, where the page's other origin is, and the token the demo signed.
+#[derive(Clone, Debug)]
+pub struct Demo {
+    /// `host:port` of Envoy's plaintext listener, the allowed origin.
+    pub gate: String,
+    /// `host:port` of this server, the page's other origin.
+    pub other: String,
+    /// A token for the demo's protected path.
+    pub token: Option<String>,
+}
+
+const DEMO_PAGE: &str = include_str!("../demo/index.html");
+const DEMO_SCRIPT: &str = include_str!("../demo/demo.js");
+
 /// Accepts connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, recorder: Recorder, verbose: bool) {
+    serve_demo(listener, recorder, verbose, None).await;
+}
+
+/// The demo's settings, shared with whoever started the server (a test learns Envoy's port only
+/// after the upstream is listening).
+pub type SharedDemo = Arc<std::sync::RwLock<Demo>>;
+
+/// [`serve`], also serving the demo page when `demo` is given.
+pub async fn serve_demo(listener: TcpListener, recorder: Recorder, verbose: bool, demo: Option<SharedDemo>) {
     while let Ok((stream, _)) = listener.accept().await {
         let recorder = recorder.clone();
+        let demo = demo.clone();
         tokio::spawn(async move {
-            if let Err(error) = handle(stream, recorder, verbose).await {
+            if let Err(error) = handle(stream, recorder, verbose, demo).await {
                 if verbose {
                     eprintln!("wsgate-echo: connection ended: {error}");
                 }
@@ -133,7 +158,12 @@ pub async fn start(addr: &str, recorder: Recorder) -> std::io::Result<SocketAddr
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn handle(mut stream: TcpStream, recorder: Recorder, verbose: bool) -> Result<(), BoxError> {
+async fn handle(
+    mut stream: TcpStream,
+    recorder: Recorder,
+    verbose: bool,
+    demo: Option<SharedDemo>,
+) -> Result<(), BoxError> {
     loop {
         let Some((head, rest)) = read_head(&mut stream).await? else {
             return Ok(());
@@ -151,8 +181,29 @@ async fn handle(mut stream: TcpStream, recorder: Recorder, verbose: bool) -> Res
         if request.is_upgrade() {
             return echo_websocket(stream, &request, rest, recorder).await;
         }
-        stream.write_all(ordinary_reply(&request).as_bytes()).await?;
+        let reply =
+            demo.as_ref().and_then(|demo| demo.read().ok().and_then(|demo| demo_reply(&demo, &request)));
+        stream.write_all(reply.unwrap_or_else(|| ordinary_reply(&request)).as_bytes()).await?;
     }
+}
+
+/// The demo's own answers, for its three paths.
+fn demo_reply(demo: &Demo, request: &SeenRequest) -> Option<String> {
+    let (content_type, body) = match request.path.split('?').next().unwrap_or_default() {
+        "/" => ("text/html; charset=utf-8", DEMO_PAGE.to_string()),
+        "/demo.js" => ("text/javascript; charset=utf-8", DEMO_SCRIPT.to_string()),
+        "/demo/config" => {
+            let token = demo.token.as_deref().map_or("null".to_string(), |token| format!("\"{token}\""));
+            let config =
+                format!(r#"{{"gate": "{}", "other": "{}", "token": {token}}}"#, demo.gate, demo.other);
+            ("application/json", config)
+        }
+        _ => return None,
+    };
+    Some(format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-store\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ))
 }
 
 /// The answer to an ordinary request. `/status/NNN` answers with that status; `/own-headers`

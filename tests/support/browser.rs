@@ -51,6 +51,8 @@ impl Browser {
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=900,640",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
             ])
@@ -137,6 +139,14 @@ impl Browser {
             assert!(Instant::now() < deadline, "{url} did not load: {seen}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Writes a PNG of the page's viewport to `path`.
+    pub async fn screenshot(&mut self, path: &std::path::Path) {
+        use base64ct::Encoding;
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        let png = base64ct::Base64::decode_vec(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
     }
 
     /// Runs `script` (an expression, awaited if it is a promise) in the page; its value as JSON.
