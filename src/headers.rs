@@ -93,6 +93,11 @@ impl Response {
         self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
+    /// Whether the response has header `name` with a value that is not empty or blank.
+    pub fn has_value(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, value)| n.eq_ignore_ascii_case(name) && !value.trim_ascii().is_empty())
+    }
+
     /// The response's header lines with `edits` made, in order: what the shell writes back in
     /// one host call rather than one per edit.
     pub fn edited<'a>(&'a self, edits: &[HeaderEdit<'a>]) -> Vec<(&'a str, &'a [u8])> {

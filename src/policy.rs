@@ -97,7 +97,9 @@ impl ResponsePlan {
         verdict: &Verdict<'_>,
     ) -> ResponsePlan {
         let secure = rules.is_some_and(|rules| rules.secure(request));
-        let marker = matches!(verdict, Verdict::Admit(_))
+        // A shadow-mode decision lets the request go on unchanged, the marker too; the answer
+        // selects it all the same, as enforcing would have.
+        let marker = matches!(verdict, Verdict::Admit(_) | Verdict::ShadowAdmit(_) | Verdict::ShadowDeny(..))
             && rules.and_then(|rules| rules.auth.as_ref()).is_some_and(|auth| auth.offers_marker(request));
         ResponsePlan {
             applies,
@@ -339,7 +341,7 @@ impl Policy {
     /// fails a handshake whose answer selects none).
     pub fn select_protocol(&self, plan: ResponsePlan, response: &Response) -> Option<HeaderEdit<'_>> {
         let marker = self.rules(plan.applies)?.auth.as_ref()?.marker()?;
-        (plan.marker && response.opens_socket() && !response.has("sec-websocket-protocol"))
+        (plan.marker && response.opens_socket() && !response.has_value("sec-websocket-protocol"))
             .then_some(HeaderEdit::Set("sec-websocket-protocol", marker))
     }
 
@@ -354,6 +356,11 @@ impl Policy {
     /// Every counter's full name, in [`crate::stats::Counter::index`] order.
     pub fn stat_names(&self) -> &[String] {
         &self.stat_names
+    }
+
+    /// Whether some policy lists `same_origin`, which reads the handshake's `:authority`.
+    pub fn uses_same_origin(&self) -> bool {
+        self.all_rules().any(|rules| rules.origins.same_origin())
     }
 
     /// Ways in which the configuration weakens itself: logged at load, not refused.

@@ -102,8 +102,12 @@ fn a_key_in_a_subprotocol_is_verified_and_only_its_entry_removed() {
 
 /// A policy whose subprotocol source has the marker `wsgate`.
 fn policy_with_marker() -> Policy {
+    policy_with_marker_in("enforce")
+}
+
+fn policy_with_marker_in(mode: &str) -> Policy {
     let json = format!(
-        r#"{{"allowed_origins": ["https://app.example.com"],
+        r#"{{"allowed_origins": ["https://app.example.com"], "mode": "{mode}",
             "auth": {{"sources": [{{"subprotocol": "{K8S}", "marker": "wsgate"}}],
                      "api_keys": [{{"id": "build-bot", "sha256": "{}"}}]}}}}"#,
         sha256_hex(KEY)
@@ -136,6 +140,25 @@ fn an_admitted_socket_whose_upstream_selected_no_protocol_selects_the_offered_ma
         Some(HeaderEdit::Set("sec-websocket-protocol", "wsgate"))
     );
     assert_eq!(policy.select_protocol(plan, &upstream_answer(Some("chat"))), None, "the upstream chose one");
+    assert_eq!(
+        policy.select_protocol(plan, &upstream_answer(Some(" "))),
+        Some(HeaderEdit::Set("sec-websocket-protocol", "wsgate")),
+        "an empty answer selects nothing"
+    );
+}
+
+#[test]
+fn in_shadow_mode_the_marker_is_selected_as_enforcing_would() {
+    let policy = policy_with_marker_in("shadow");
+    for token in ["ay03ZjNhOWM", "Zm9yZ2Vk"] {
+        let request = handshake("/ws", &[("sec-websocket-protocol", &format!("wsgate, {K8S}{token}"))]);
+        let (_, plan) = policy.decide_and_plan(&request, || NOW * 1000);
+        assert_eq!(
+            policy.select_protocol(plan, &upstream_answer(None)),
+            Some(HeaderEdit::Set("sec-websocket-protocol", "wsgate")),
+            "{token}"
+        );
+    }
 }
 
 #[test]
@@ -332,6 +355,13 @@ fn bad_auth_configurations_are_refused_with_the_field_named() {
             format!(r#"{{"sources": [{{"subprotocol": "{K8S}", "marker": "{K8S}x"}}], {keys}}}"#),
             "auth.sources[0].marker",
             "read as a credential",
+        ),
+        (
+            format!(
+                r#"{{"sources": [{{"subprotocol": "{K8S}"}}, {{"subprotocol": "{K8S}", "marker": "m"}}], {keys}}}"#
+            ),
+            "auth.sources[1]",
+            "twice",
         ),
         (
             format!(r#"{{"sources": [{{"subprotocol": "{K8S}", "marker": "a b"}}], {keys}}}"#),

@@ -167,3 +167,19 @@ async fn the_demo_token_opens_private_in_each_place_and_a_forged_one_is_refused(
         support::client::ws_connect(port, &format!("/private?access_token={forged}"), &[origin]).await;
     assert_eq!(refused.err(), Some(401));
 }
+
+#[tokio::test]
+async fn a_rebound_name_reaches_nothing_where_same_origin_would_admit_it() {
+    let demo = Demo::start().await;
+    let port: u16 = demo.gate.rsplit(':').next().unwrap().parse().unwrap();
+    let handshake = |host: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nhost: {host}:{port}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\norigin: http://{host}:{port}\r\n\r\n"
+        )
+    };
+    let own = support::client::raw(port, handshake("127.0.0.1").as_bytes()).await;
+    assert_eq!(own.status, 101, "the page's own socket");
+    let rebound = support::client::raw(port, handshake("evil.example").as_bytes()).await;
+    assert_eq!(rebound.status, 404, "a page on evil.example, rebound to 127.0.0.1");
+}

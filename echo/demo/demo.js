@@ -57,7 +57,7 @@ async function main() {
 
   const login = row("A login by first message on ws://" + gate + "/private");
   if (!config.token) {
-    login(false, "no demo token: start the demo with make run, which signs one");
+    login(false, "no demo token: make run signs one (or give wsgate-echo WSGATE_DEMO_TOKEN from scripts/demo-token.sh)");
   } else {
     seen = await attempt("ws://" + gate + "/private", [JSON.stringify({ type: "auth", token: config.token }), "hello after login"]);
     login(seen.echoed.length > 0, seen.echoed.length > 0 ? "logged in; the upstream never saw the token, and echoed \"" + seen.echoed[0] + "\"" : closed(seen));

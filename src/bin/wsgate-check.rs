@@ -94,6 +94,12 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
     for (setting, why) in wsgate::canonical::CONNECTION_MANAGER_ADVICE {
         println!("advice:   {setting}  # {why}");
     }
+    if policy.uses_same_origin() {
+        println!(
+            "advice:   strip_any_host_port and strip_matching_host_port off  # same_origin reads the port in \
+             :authority; stripped, a page on the same host's default port would pass for this one"
+        );
+    }
     if let Some(handshake) = handshake {
         if handshake.url.is_empty() {
             return Err("--origin, --header and --now go with --url".to_string());

@@ -69,7 +69,7 @@ impl CredentialCache {
     fn store(&self, entries: &mut Generations, key: [u8; 32], entry: Entry) -> HashMap<[u8; 32], Entry> {
         let mut dropped = HashMap::new();
         if entries.current.len() >= self.generation() && !entries.current.contains_key(&key) {
-            let full = std::mem::take(&mut entries.current);
+            let full = std::mem::replace(&mut entries.current, HashMap::with_capacity(self.generation()));
             dropped = match self.max_entries < 2 {
                 true => full,
                 false => std::mem::replace(&mut entries.previous, full),

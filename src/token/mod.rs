@@ -61,8 +61,14 @@ impl Auth {
                 continue;
             }
             let compiled = compile_source(source, &field)?;
-            if sources.contains(&compiled) {
+            if sources.iter().any(|listed| listed.same_place(&compiled)) {
                 return Err(ConfigError::new(field, "is listed twice"));
+            }
+            if compiled.marker().is_some() && sources.iter().any(|listed| listed.marker().is_some()) {
+                return Err(ConfigError::new(
+                    format!("{field}.marker"),
+                    "a second marker: one source may have one",
+                ));
             }
             sources.push(compiled);
         }
@@ -154,10 +160,7 @@ impl Auth {
     /// The subprotocol source's marker, if it has one: the protocol wsgate selects on the 101
     /// when the upstream selects none.
     pub fn marker(&self) -> Option<&str> {
-        self.sources.iter().find_map(|source| match source {
-            Source::Subprotocol { marker, .. } => marker.as_deref(),
-            _ => None,
-        })
+        self.sources.iter().find_map(Source::marker)
     }
 
     /// Whether `request` offers the marker among its subprotocols.

@@ -37,6 +37,25 @@ pub enum Lookup<'s> {
 }
 
 impl Source {
+    /// Whether `other` looks in the same place: a second such source would find the same
+    /// credential again.
+    pub fn same_place(&self, other: &Source) -> bool {
+        match (self, other) {
+            (Source::Subprotocol { prefix, .. }, Source::Subprotocol { prefix: other, .. }) => {
+                prefix == other
+            }
+            _ => self == other,
+        }
+    }
+
+    /// The subprotocol marker this source has, if any.
+    pub fn marker(&self) -> Option<&str> {
+        match self {
+            Source::Subprotocol { marker, .. } => marker.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Looks for the credential in `request`.
     pub fn lookup(&self, request: &Request) -> Lookup<'_> {
         let lookup = match self {
