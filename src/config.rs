@@ -49,6 +49,19 @@ pub struct MatchConfig {
     pub path_prefix: Option<String>,
 }
 
+/// One entry of `also_check`: a path prefix, and optionally a query parameter it must carry.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlsoCheckConfig {
+    /// A path prefix on segment boundaries, in canonical form (`/socket.io`). Required.
+    pub path_prefix: String,
+    /// `name=value`: only requests with this query parameter (`transport=polling`), under any
+    /// spelling some server reads as it. Defaults to every request under the prefix.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
 /// One policy: what an upgrade must satisfy, and what ordinary responses get.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Deserialize)]
@@ -102,6 +115,11 @@ pub struct PolicyConfig {
     /// never.
     #[serde(default)]
     pub max_connection_seconds: Option<u64>,
+    /// Ordinary requests that get the same origin and credential decision as an upgrade: the
+    /// HTTP long-polling of Socket.IO (engine.io), SockJS and SignalR, which carries the same
+    /// cookies. Defaults to none.
+    #[serde(default)]
+    pub also_check: Vec<AlsoCheckConfig>,
 }
 
 /// `auth`: where the handshake's credential comes from and how it is verified.

@@ -23,6 +23,7 @@
 //! Everything but `filter` is plain Rust that never calls the host, so it is tested natively and
 //! compiled to wasm32. `filter` is the only module that names `proxy_wasm`.
 
+pub mod also_check;
 pub mod canonical;
 pub mod config;
 pub mod csp;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::also_check::{self, AlsoCheck};
 use crate::config::{Admission, Config, Mode, PolicyConfig};
 use crate::error::ConfigError;
 use crate::first_message::{Awaiting, Step};
@@ -58,6 +59,8 @@ pub struct Rules {
     auth: Option<Auth>,
     close_on_expiry: bool,
     max_connection_seconds: Option<u64>,
+    /// Ordinary requests decided as upgrades are (long-polling fallbacks).
+    also_check: Vec<AlsoCheck>,
 }
 
 /// Which policy applies to a request and its response.
@@ -99,15 +102,15 @@ impl ResponsePlan {
         let secure = rules.is_some_and(|rules| rules.secure(request));
         // A shadow-mode decision lets the request go on unchanged, the marker too; the answer
         // selects it all the same, as enforcing would have.
-        let marker = matches!(verdict, Verdict::Admit(_) | Verdict::ShadowAdmit(_) | Verdict::ShadowDeny(..))
+        let going_on =
+            matches!(verdict, Verdict::Admit(_) | Verdict::ShadowAdmit(_) | Verdict::ShadowDeny(..));
+        let upgrade = request.is_upgrade();
+        let marker = going_on
+            && upgrade
             && rules.and_then(|rules| rules.auth.as_ref()).is_some_and(|auth| auth.offers_marker(request));
-        ResponsePlan {
-            applies,
-            security_headers: matches!(verdict, Verdict::Pass(_)),
-            secure,
-            close: None,
-            marker,
-        }
+        // Ordinary requests go on to a document, those of `also_check` too.
+        let security_headers = matches!(verdict, Verdict::Pass(_)) || (going_on && !upgrade);
+        ResponsePlan { applies, security_headers, secure, close: None, marker }
     }
 
     /// Whether the response may get headers at all: when not, the shell need not even read it.
@@ -305,6 +308,9 @@ impl Policy {
         };
         let rules = self.rules(applies);
         let (verdict, close) = match (chosen, rules) {
+            (_, Some(rules)) if !request.is_upgrade() && rules.also_checks(request) => {
+                (rules.decide_ordinary(request, clock()), None)
+            }
             _ if !request.is_upgrade() => (Verdict::Pass(Vec::new()), None),
             (Err(reason), _) => (Verdict::Deny(unruled_denial(reason)), None),
             (Ok(applies), Some(rules)) => rules.decide(request, applies, clock()),
@@ -487,6 +493,7 @@ impl Rules {
             .map(|h| ResponseHeaders::compile(h, config.require_tls))
             .transpose();
         let auth = config.auth.as_ref().map(|auth| Auth::compile(auth, env)).transpose();
+        let also_check = also_check::compile(&config.also_check);
         let closing = if config.close_on_expiry && config.auth.as_ref().and_then(|a| a.jwt.as_ref()).is_none()
         {
             Err(ConfigError::new("close_on_expiry", "needs auth.jwt: only a JWT has an expiry"))
@@ -499,28 +506,36 @@ impl Rules {
         } else {
             Ok(())
         };
-        match (origins, deny_status, response_headers, auth, closing) {
-            (Ok(origins), Ok(deny_status), Ok(response_headers), Ok(auth), Ok(())) => Ok(Rules {
-                name,
-                mode: config.mode,
-                auth,
-                origins,
-                missing_origin: config.missing_origin,
-                null_origin: config.null_origin,
-                deny_status,
-                deny_body: config.deny_body,
-                response_headers,
-                require_tls: config.require_tls,
-                trust_forwarded_proto: config.trust_forwarded_proto,
-                close_on_expiry: config.close_on_expiry,
-                max_connection_seconds: config.max_connection_seconds,
-            }),
-            (origins, deny_status, response_headers, auth, closing) => {
-                Err([origins.err(), deny_status.err(), response_headers.err(), auth.err(), closing.err()]
-                    .into_iter()
-                    .flatten()
-                    .collect())
+        match (origins, deny_status, response_headers, auth, closing, also_check) {
+            (Ok(origins), Ok(deny_status), Ok(response_headers), Ok(auth), Ok(()), Ok(also_check)) => {
+                Ok(Rules {
+                    name,
+                    mode: config.mode,
+                    auth,
+                    origins,
+                    missing_origin: config.missing_origin,
+                    null_origin: config.null_origin,
+                    deny_status,
+                    deny_body: config.deny_body,
+                    response_headers,
+                    require_tls: config.require_tls,
+                    trust_forwarded_proto: config.trust_forwarded_proto,
+                    close_on_expiry: config.close_on_expiry,
+                    max_connection_seconds: config.max_connection_seconds,
+                    also_check,
+                })
             }
+            (origins, deny_status, response_headers, auth, closing, also_check) => Err([
+                origins.err(),
+                deny_status.err(),
+                response_headers.err(),
+                auth.err(),
+                closing.err(),
+                also_check.err(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
         }
     }
 
@@ -529,7 +544,7 @@ impl Rules {
     /// admitted socket must close, if this policy closes sockets.
     fn decide(&self, request: &Request, applies: Applies, now: u64) -> (Verdict<'_>, Option<Close>) {
         let checked =
-            self.check_transport(request).and_then(|()| self.check_origin(request)).and_then(|()| {
+            self.check_transport(request).and_then(|()| self.check_origin(request, false)).and_then(|()| {
                 let unchecked = Checked::Verified { edits: Vec::new(), expiry: None };
                 self.auth.as_ref().map_or(Ok(unchecked), |auth| auth.check(request, now / 1000))
             });
@@ -547,6 +562,33 @@ impl Rules {
             // Shadow mode: decided and reported, but nothing is refused, changed or closed.
             (Ok(_), Mode::Shadow) => (Verdict::ShadowAdmit(Vec::new()), None),
             (Err(reason), Mode::Shadow) => (Verdict::ShadowDeny(self.denial(reason), Vec::new()), None),
+        }
+    }
+
+    /// Whether `request`, an ordinary request, is one of `also_check`.
+    fn also_checks(&self, request: &Request) -> bool {
+        also_check::checks(&self.also_check, request)
+    }
+
+    /// Decides an ordinary request of `also_check` at `now` (milliseconds) as an upgrade is:
+    /// transport, origin, credential, with the same reasons. There is no socket to wait on or
+    /// close, so a credential that would come in a first message is missing.
+    fn decide_ordinary(&self, request: &Request, now: u64) -> Verdict<'_> {
+        let checked =
+            self.check_transport(request).and_then(|()| self.check_origin(request, true)).and_then(|()| {
+                match &self.auth {
+                    None => Ok(Vec::new()),
+                    Some(auth) => match auth.check(request, now / 1000)? {
+                        Checked::Verified { edits, .. } => Ok(edits),
+                        Checked::Awaits { .. } => Err(DenyReason::TokenMissing),
+                    },
+                }
+            });
+        match (checked, self.mode) {
+            (Ok(edits), Mode::Enforce) => Verdict::Admit(edits),
+            (Err(reason), Mode::Enforce) => Verdict::Deny(self.denial(reason)),
+            (Ok(_), Mode::Shadow) => Verdict::ShadowAdmit(Vec::new()),
+            (Err(reason), Mode::Shadow) => Verdict::ShadowDeny(self.denial(reason), Vec::new()),
         }
     }
 
@@ -579,13 +621,23 @@ impl Rules {
         }
     }
 
-    fn check_origin(&self, request: &Request) -> Result<(), DenyReason> {
+    /// The origin check. An `ordinary` request (of `also_check`) without `Origin` is a browser's
+    /// same-origin GET when it says so in `Sec-Fetch-Site`, a header no page can set: its origin
+    /// is then the request's own.
+    fn check_origin(&self, request: &Request, ordinary: bool) -> Result<(), DenyReason> {
         let mut lines = request.values("origin");
         let admit = |admission, reason| match admission {
             Admission::Allow => Ok(()),
             Admission::Deny => Err(reason),
         };
         match (lines.next(), lines.next()) {
+            (None, _) if ordinary && same_origin_fetch(request) => {
+                let own = self.own_origin(request).ok_or(DenyReason::OriginMissing)?;
+                match self.origins.allows(&own, Some(&own)) {
+                    true => Ok(()),
+                    false => Err(DenyReason::OriginNotAllowed),
+                }
+            }
             (None, _) => admit(self.missing_origin, DenyReason::OriginMissing),
             // Envoy joins repeated Origin lines into one value; should a host ever not, two
             // lines are no more one origin than a joined list is.
@@ -687,7 +739,7 @@ impl Rules {
         let auth = self.auth.as_ref().map_or_else(|| "none".to_string(), Auth::summary);
         format!(
             "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
-             require_tls={}, trust_forwarded_proto={}, {} response headers, auth: {auth}",
+             require_tls={}, trust_forwarded_proto={}, {} response headers, also_check={}, auth: {auth}",
             format!("{:?}", self.mode).to_ascii_lowercase(),
             self.origins.len(),
             format!("{:?}", self.missing_origin).to_ascii_lowercase(),
@@ -696,8 +748,16 @@ impl Rules {
             self.require_tls,
             self.trust_forwarded_proto,
             self.response_headers.as_ref().map_or(0, ResponseHeaders::len),
+            self.also_check.len(),
         )
     }
+}
+
+/// Whether a browser says the request comes from a page of its own origin: exactly one
+/// `Sec-Fetch-Site: same-origin` (Fetch Metadata, a header pages cannot set).
+fn same_origin_fetch(request: &Request) -> bool {
+    let mut lines = request.values("sec-fetch-site");
+    matches!((lines.next(), lines.next()), (Some(value), None) if value.trim_ascii().eq_ignore_ascii_case(b"same-origin"))
 }
 
 /// The refusals that no policy's settings shape: no valid configuration at all (503), and no

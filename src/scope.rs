@@ -158,7 +158,7 @@ fn authority(request: &Request) -> &[u8] {
 }
 
 /// `/ws` matches `/ws` and `/ws/x`, not `/wsx`; with `fold_case`, also `/WS/x`.
-fn path_matches(prefix: Option<&str>, path: &[u8], fold_case: bool) -> bool {
+pub(crate) fn path_matches(prefix: Option<&str>, path: &[u8], fold_case: bool) -> bool {
     let Some(prefix) = prefix else {
         return true;
     };
@@ -168,6 +168,31 @@ fn path_matches(prefix: Option<&str>, path: &[u8], fold_case: bool) -> bool {
     let same =
         if fold_case { start.eq_ignore_ascii_case(prefix.as_bytes()) } else { start == prefix.as_bytes() };
     same && (rest.is_empty() || rest.starts_with(b"/"))
+}
+
+/// A configured path prefix, which must be in canonical form (requests are matched in it, so a
+/// prefix in any other would match none); `None` for `/`, every path.
+pub(crate) fn canonical_prefix(prefix: &str, at: &str) -> Result<Option<String>, ConfigError> {
+    if prefix == "/" {
+        return Ok(None);
+    }
+    let canonical = match prefix.contains('?') {
+        true => Err(Malformed::BadByte),
+        false => canonical::path(prefix.as_bytes()),
+    };
+    match canonical {
+        Ok(canonical) if canonical == prefix.trim_end_matches('/') => Ok(Some(canonical)),
+        Ok(canonical) => {
+            let problem = format!("{prefix:?} is not in canonical form; write {canonical:?}");
+            Err(ConfigError::new(at, problem))
+        }
+        Err(_) => {
+            let problem = format!(
+                "{prefix:?} is not a path: it starts with '/', has visible ASCII only and no query or fragment"
+            );
+            Err(ConfigError::new(at, problem))
+        }
+    }
 }
 
 fn compile_scope(config: &MatchConfig, field: &str) -> Result<Scope, ConfigError> {
@@ -199,29 +224,8 @@ fn compile_scope(config: &MatchConfig, field: &str) -> Result<Scope, ConfigError
         hosts.push(compiled);
     }
     let path_prefix = match config.path_prefix.as_deref() {
-        None | Some("/") => None,
-        Some(prefix) => {
-            let at = format!("{field}.match.path_prefix");
-            let canonical = match prefix.contains('?') {
-                true => Err(Malformed::BadByte),
-                false => canonical::path(prefix.as_bytes()),
-            };
-            match canonical {
-                // Requests are matched in canonical form: a prefix in any other would match none.
-                Ok(canonical) if canonical == prefix.trim_end_matches('/') => Some(canonical),
-                Ok(canonical) => {
-                    let problem = format!("{prefix:?} is not in canonical form; write {canonical:?}");
-                    return Err(ConfigError::new(at, problem));
-                }
-                Err(_) => {
-                    let problem = format!(
-                        "{prefix:?} is not a path: it starts with '/', has visible ASCII only and no query \
-                         or fragment"
-                    );
-                    return Err(ConfigError::new(at, problem));
-                }
-            }
-        }
+        None => None,
+        Some(prefix) => canonical_prefix(prefix, &format!("{field}.match.path_prefix"))?,
     };
     Ok(Scope { hosts, path_prefix })
 }

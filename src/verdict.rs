@@ -281,12 +281,14 @@ impl<'p> Verdict<'p> {
         matches!(self, Verdict::Deny(_) | Verdict::ShadowDeny(..))
     }
 
-    /// The log line for a refusal or a shadow refusal; none for the other verdicts.
+    /// The log line for a refusal or a shadow refusal; none for the other verdicts. An
+    /// ordinary request (of `also_check`) is named as such.
     pub fn log_line(&self, request: &Request) -> Option<String> {
+        let what = if request.is_upgrade() { "upgrade" } else { "request" };
         match self {
-            Verdict::Deny(denial) => Some(denial.describe("denied upgrade", request)),
+            Verdict::Deny(denial) => Some(denial.describe(&format!("denied {what}"), request)),
             Verdict::ShadowDeny(denial, _) => {
-                Some(denial.describe("shadow mode, would deny upgrade", request))
+                Some(denial.describe(&format!("shadow mode, would deny {what}"), request))
             }
             Verdict::Pass(_) | Verdict::Admit(_) | Verdict::Await { .. } | Verdict::ShadowAdmit(_) => None,
         }
@@ -352,8 +354,16 @@ mod tests {
         })
     }
 
+    /// An upgrade with these further headers.
     fn request(headers: &[(&str, &[u8])]) -> Request {
-        Request::new(headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect())
+        let upgrade: [(&str, &[u8]); 2] = [("connection", b"upgrade"), ("upgrade", b"websocket")];
+        Request::new(upgrade.iter().chain(headers).map(|(n, v)| (n.to_string(), v.to_vec())).collect())
+    }
+
+    #[test]
+    fn a_refused_ordinary_request_is_logged_as_a_request() {
+        let r = Request::new(vec![(":path".into(), b"/socket.io/?transport=polling".to_vec())]);
+        assert!(denial().log_line(&r).unwrap().starts_with("denied request: reason=origin_not_allowed"));
     }
 
     #[test]

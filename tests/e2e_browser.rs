@@ -35,22 +35,19 @@ fn token(exp: u64) -> String {
 const K8S: &str = "base64url.bearer.authorization.k8s.io.";
 
 /// wsgate's configuration: `/cookie` takes the credential from the `ws_token` cookie and
-/// closes the socket when it expires, `/first` from the first message; only `allowed` may open
+/// closes the socket when it expires (and checks engine.io polling under it), `/first` from the
+/// first message; only `allowed` may open
 /// either. `/own` may be opened by a page served through the same listener (`same_origin`).
 /// `/bare` and `/marked` take it from a subprotocol, `/marked` with the marker `wsgate`.
 fn config(allowed: &str) -> String {
-    let jwt = json!({
-        "algorithms": ["HS256"],
-        "jwks": {"keys": [{"kty": "oct", "kid": "hmac-env", "k_env": "WSGATE_TEST_HS_SECRET"}]},
-        "issuers": ["https://issuer.example"],
-        "audiences": ["chat"],
-        "leeway_seconds": 0
-    });
+    let mut jwt = support::hs256_jwt();
+    jwt["leeway_seconds"] = json!(0);
     json!({
         "stat_prefix": "browser",
         "policies": [
             {"name": "cookie", "match": {"path_prefix": "/cookie"}, "allowed_origins": [allowed],
              "require_tls": false,
+             "also_check": [{"path_prefix": "/cookie/socket.io", "query": "transport=polling"}],
              "close_on_expiry": true,
              "auth": {"sources": [{"cookie": "ws_token"}], "jwt": jwt}},
             {"name": "first", "match": {"path_prefix": "/first"}, "allowed_origins": [allowed],
@@ -307,4 +304,49 @@ async fn with_the_marker_offered_beside_the_credential_the_page_opens_its_socket
     assert_eq!(seen["protocol"], "wsgate");
     assert_eq!(seen["messages"], json!(["hello"]));
     assert_eq!(site.upgrades()[0].header_values("sec-websocket-protocol"), Vec::<&str>::new());
+}
+
+/// A page's poll, as engine.io's client sends it: a GET with the page's cookies, from another
+/// origin too. The page cannot read a cross-origin answer, but the request is made.
+async fn poll(browser: &mut Browser, url: &str) {
+    let script = format!(
+        "fetch({}, {{credentials: 'include'}}).then(() => 'answered', () => 'unreadable')",
+        serde_json::to_string(url).unwrap()
+    );
+    browser.eval(&script).await;
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_polling_with_the_victims_cookie_is_refused_before_the_upstream() {
+    let mut site = Site::start().await;
+    site.log_in(&token(now() + 300)).await;
+    site.browser.open(&format!("{}/", site.other)).await;
+
+    poll(
+        &mut site.browser,
+        &format!("http://127.0.0.1:{}/cookie/socket.io/?EIO=4&transport=polling", site.guarded),
+    )
+    .await;
+
+    assert!(site.upstream.requests().is_empty(), "the upstream saw {:?}", site.upstream.requests());
+    assert_eq!(site.envoy.stat("wasmcustom.wsgate.browser.denied.origin_not_allowed"), Some(1));
+}
+
+#[tokio::test]
+async fn without_wsgate_the_same_poll_rides_the_victims_cookie_into_the_upstream() {
+    let mut site = Site::start().await;
+    let token = token(now() + 300);
+    site.log_in(&token).await;
+    site.browser.open(&format!("{}/", site.other)).await;
+
+    poll(
+        &mut site.browser,
+        &format!("http://127.0.0.1:{}/cookie/socket.io/?EIO=4&transport=polling", site.open),
+    )
+    .await;
+
+    let seen = site.upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].header_values("origin"), vec![site.other.as_str()]);
+    assert_eq!(seen[0].header_values("cookie"), vec![format!("ws_token={token}").as_str()]);
 }

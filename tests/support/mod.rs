@@ -227,6 +227,17 @@ pub fn hmac_secret() -> String {
     std::fs::read_to_string(repo().join("tests/keys/hmac.secret")).unwrap().trim().to_string()
 }
 
+/// The `auth.jwt` of a test config that takes [`hs256_token`]s: issuer
+/// `https://issuer.example`, audience `chat`.
+pub fn hs256_jwt() -> serde_json::Value {
+    serde_json::json!({
+        "algorithms": ["HS256"],
+        "jwks": {"keys": [{"kty": "oct", "kid": "hmac-env", "k_env": "WSGATE_TEST_HS_SECRET"}]},
+        "issuers": ["https://issuer.example"],
+        "audiences": ["chat"]
+    })
+}
+
 /// A JWT signed with HS256 by the test secret (`kid` `hmac-env`, which the configs read from
 /// `WSGATE_TEST_HS_SECRET`).
 pub fn hs256_token(claims: serde_json::Value) -> String {
