@@ -8,7 +8,7 @@
 //! send, while missing one lets a foreign page through. So the path is read every way an
 //! upgrade's is ([`Readings`]), and the query every way some server parses it.
 
-use crate::canonical::Readings;
+use crate::canonical::{Reading, Readings};
 use crate::config::AlsoCheckConfig;
 use crate::error::ConfigError;
 use crate::request::Request;
@@ -53,24 +53,31 @@ pub fn compile(entries: &[AlsoCheckConfig]) -> Result<Vec<AlsoCheck>, ConfigErro
         .collect()
 }
 
-/// Whether `request`, an ordinary request, is one that `entries` check.
+/// Whether `entries` check a request whose target is `target` on one `reading` of its path.
+pub fn checks_reading(entries: &[AlsoCheck], reading: Reading<'_>, target: &[u8]) -> bool {
+    entries.iter().any(|entry| {
+        path_matches(entry.prefix.as_deref(), reading.path.as_bytes(), reading.fold_case)
+            && entry.query.as_ref().is_none_or(|(name, value)| carries(target, name, value))
+    })
+}
+
+/// Whether `entries` would check a request whose target has no reading as a path, on its
+/// query alone: such a target is checked rather than guessed at.
+pub fn checks_unreadable(entries: &[AlsoCheck], target: &[u8]) -> bool {
+    entries.iter().any(|entry| entry.query.as_ref().is_none_or(|(name, value)| carries(target, name, value)))
+}
+
+/// Whether `request`, an ordinary request, is one that `entries` check on some reading.
 pub fn checks(entries: &[AlsoCheck], request: &Request) -> bool {
     if entries.is_empty() {
         return false;
     }
     let authority = request.values(":authority").next().unwrap_or_default();
     let target = request.path();
-    // A target that is no path has no reading; it is checked rather than guessed at.
-    let readings = Readings::of(authority, target).ok();
-    entries.iter().any(|entry| {
-        let under = match &readings {
-            Some(readings) => readings.all().iter().any(|reading| {
-                path_matches(entry.prefix.as_deref(), reading.path.as_bytes(), reading.fold_case)
-            }),
-            None => true,
-        };
-        under && entry.query.as_ref().is_none_or(|(name, value)| carries(target, name, value))
-    })
+    match Readings::of(authority, target) {
+        Ok(readings) => readings.all().into_iter().any(|reading| checks_reading(entries, reading, target)),
+        Err(_) => checks_unreadable(entries, target),
+    }
 }
 
 /// Whether the query of `target` has `name=value` as some server reads it: after the first `?`,

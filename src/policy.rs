@@ -12,7 +12,7 @@ use crate::headers::{has_header_key, header_key};
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
-use crate::scope::{Ambiguity, Selector};
+use crate::scope::{self, Ambiguity, Selector};
 use crate::sockets::Close;
 use crate::token::jwk::Algorithm;
 use crate::token::remote::{Fetch, FetchOutcome, RemoteJwks};
@@ -186,6 +186,30 @@ impl Policy {
         let selector = Selector::compile(&matches).map_err(|e| errors.push(e)).ok();
         let mut scoped = Vec::with_capacity(config.policies.len());
         for (policy, field) in config.policies.into_iter().zip(&fields) {
+            // An entry outside the policy's own path would match only spellings that another
+            // reading puts there: it would silently check nothing a client really sends.
+            let within = policy
+                .matches
+                .path_prefix
+                .as_deref()
+                .and_then(|prefix| scope::canonical_prefix(prefix, "").ok().flatten());
+            for (index, entry) in policy.policy.also_check.iter().enumerate() {
+                let entry_prefix = scope::canonical_prefix(&entry.path_prefix, "").ok().flatten();
+                let inside = match (&within, &entry_prefix) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(within), Some(entry)) => scope::path_matches(Some(within), entry.as_bytes(), false),
+                };
+                if !inside {
+                    let problem = format!(
+                        "{:?} is outside the policy's match.path_prefix, so no request it lists would reach this policy",
+                        entry.path_prefix
+                    );
+                    errors.push(
+                        ConfigError::new(format!("also_check[{index}].path_prefix"), problem).within(field),
+                    );
+                }
+            }
             let name = policy.name.unwrap_or_else(|| field.clone());
             match Rules::compile(policy.policy, name, env) {
                 Ok(rules) => scoped.push(rules),
@@ -236,8 +260,10 @@ impl Policy {
     /// The policy that applies to `request`: the first in `policies` whose `match` fits its
     /// canonical host and path, else `default`. For an upgrade, every reading of its host and
     /// path must choose the same one ([`crate::canonical`]), or it is refused.
+    /// The policy for `request`: an upgrade's, and an ordinary request's that `also_check`
+    /// checks, is the same on every reading or refused; other ordinary requests are read once.
     fn applies(&self, request: &Request) -> Result<Applies, DenyReason> {
-        let chosen = match request.is_upgrade() {
+        let chosen = match request.is_upgrade() || self.also_checks(request) {
             true => self.selector.select_upgrade(request).map_err(|ambiguity| match ambiguity {
                 Ambiguity::Path => DenyReason::PathAmbiguous,
                 Ambiguity::Host => DenyReason::HostAmbiguous,
@@ -248,6 +274,26 @@ impl Policy {
             Some(index) => Applies::Scoped(index),
             None if self.default.is_some() => Applies::Default,
             None => Applies::Nothing,
+        })
+    }
+
+    /// Whether `request`, an ordinary request, is one that some reading of it puts under a
+    /// policy whose `also_check` lists it; a target with no reading, if any policy's would list
+    /// its query. Read only where some policy has `also_check`.
+    fn also_checks(&self, request: &Request) -> bool {
+        if !self.all_rules().any(|rules| !rules.also_check.is_empty()) || request.is_upgrade() {
+            return false;
+        }
+        let target = request.path();
+        let found = self.selector.any_reading(request, |reading, chosen| {
+            let rules = match chosen {
+                Some(index) => self.scoped.get(index),
+                None => self.default.as_ref(),
+            };
+            rules.is_some_and(|rules| also_check::checks_reading(&rules.also_check, reading, target))
+        });
+        found.unwrap_or_else(|| {
+            self.all_rules().any(|rules| also_check::checks_unreadable(&rules.also_check, target))
         })
     }
 
@@ -307,11 +353,11 @@ impl Policy {
             Err(reason) => (Applies::Nothing, Err(reason)),
         };
         let rules = self.rules(applies);
+        let upgrade = request.is_upgrade();
+        let checked = !upgrade && self.also_checks(request);
         let (verdict, close) = match (chosen, rules) {
-            (_, Some(rules)) if !request.is_upgrade() && rules.also_checks(request) => {
-                (rules.decide_ordinary(request, clock()), None)
-            }
-            _ if !request.is_upgrade() => (Verdict::Pass(Vec::new()), None),
+            _ if !upgrade && !checked => (Verdict::Pass(Vec::new()), None),
+            (Ok(_), Some(rules)) if checked => (rules.decide_ordinary(request, clock()), None),
             (Err(reason), _) => (Verdict::Deny(unruled_denial(reason)), None),
             (Ok(applies), Some(rules)) => rules.decide(request, applies, clock()),
             (Ok(_), None) => (Verdict::Deny(unruled_denial(DenyReason::NoPolicyMatched)), None),
@@ -565,11 +611,6 @@ impl Rules {
         }
     }
 
-    /// Whether `request`, an ordinary request, is one of `also_check`.
-    fn also_checks(&self, request: &Request) -> bool {
-        also_check::checks(&self.also_check, request)
-    }
-
     /// Decides an ordinary request of `also_check` at `now` (milliseconds) as an upgrade is:
     /// transport, origin, credential, with the same reasons. There is no socket to wait on or
     /// close, so a credential that would come in a first message is missing.
@@ -577,6 +618,8 @@ impl Rules {
         let checked =
             self.check_transport(request).and_then(|()| self.check_origin(request, true)).and_then(|()| {
                 match &self.auth {
+                    // A CORS preflight carries no credential; the request it asks for will.
+                    _ if is_preflight(request) => Ok(Vec::new()),
                     None => Ok(Vec::new()),
                     Some(auth) => match auth.check(request, now / 1000)? {
                         Checked::Verified { edits, .. } => Ok(edits),
@@ -631,13 +674,19 @@ impl Rules {
             Admission::Deny => Err(reason),
         };
         match (lines.next(), lines.next()) {
-            (None, _) if ordinary && same_origin_fetch(request) => {
-                let own = self.own_origin(request).ok_or(DenyReason::OriginMissing)?;
-                match self.origins.allows(&own, Some(&own)) {
-                    true => Ok(()),
-                    false => Err(DenyReason::OriginNotAllowed),
+            (None, _) if ordinary => match fetch_site(request) {
+                FetchSite::SameOrigin => {
+                    let own = self.own_origin(request).ok_or(DenyReason::OriginMissing)?;
+                    match self.origins.allows(&own, Some(&own)) {
+                        true => Ok(()),
+                        false => Err(DenyReason::OriginNotAllowed),
+                    }
                 }
-            }
+                // A page of another site loading it (a script, an image, a frame, a form):
+                // refused whatever `missing_origin` allows non-browser clients.
+                FetchSite::Other => Err(DenyReason::OriginMissing),
+                FetchSite::Unsaid => admit(self.missing_origin, DenyReason::OriginMissing),
+            },
             (None, _) => admit(self.missing_origin, DenyReason::OriginMissing),
             // Envoy joins repeated Origin lines into one value; should a host ever not, two
             // lines are no more one origin than a joined list is.
@@ -753,11 +802,33 @@ impl Rules {
     }
 }
 
-/// Whether a browser says the request comes from a page of its own origin: exactly one
-/// `Sec-Fetch-Site: same-origin` (Fetch Metadata, a header pages cannot set).
-fn same_origin_fetch(request: &Request) -> bool {
+/// Whether `request` is a CORS preflight: `OPTIONS` with `Access-Control-Request-Method`.
+fn is_preflight(request: &Request) -> bool {
+    request.values(":method").next() == Some(b"OPTIONS".as_slice())
+        && request.values("access-control-request-method").next().is_some()
+}
+
+/// Where a browser says a request without `Origin` comes from (Fetch Metadata,
+/// `Sec-Fetch-Site`, a header pages cannot set).
+enum FetchSite {
+    /// Exactly one `same-origin`: a page of the request's own origin.
+    SameOrigin,
+    /// Anything else said: another site, the same site, or lines that disagree. (`none`, a
+    /// user's own navigation, is no page's request either.)
+    Other,
+    /// Not said: no browser, or one without Fetch Metadata.
+    Unsaid,
+}
+
+fn fetch_site(request: &Request) -> FetchSite {
     let mut lines = request.values("sec-fetch-site");
-    matches!((lines.next(), lines.next()), (Some(value), None) if value.trim_ascii().eq_ignore_ascii_case(b"same-origin"))
+    match (lines.next(), lines.next()) {
+        (None, _) => FetchSite::Unsaid,
+        (Some(value), None) if value.trim_ascii().eq_ignore_ascii_case(b"same-origin") => {
+            FetchSite::SameOrigin
+        }
+        _ => FetchSite::Other,
+    }
 }
 
 /// The refusals that no policy's settings shape: no valid configuration at all (503), and no

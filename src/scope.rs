@@ -99,6 +99,21 @@ impl Selector {
         self.select_reading(Reading { host: &host, path: &path, fold_case: false, deep_wildcards: false })
     }
 
+    /// Whether `f` holds for some reading of the request's host and path with the policy that
+    /// reading selects (`None`: no scoped policy); `None` if the target has no reading.
+    pub fn any_reading(
+        &self,
+        request: &Request,
+        f: impl Fn(Reading<'_>, Option<usize>) -> bool,
+    ) -> Option<bool> {
+        let readings = Readings::of(authority(request), request.path()).ok()?;
+        let found = readings.all().into_iter().any(|reading| {
+            let chosen = if self.scopes.is_empty() { None } else { self.select_reading(reading) };
+            f(reading, chosen)
+        });
+        Some(found)
+    }
+
     /// The policy for an upgrade: the same on every reading of its host and path, or refused.
     pub fn select_upgrade(&self, request: &Request) -> Result<Option<usize>, Ambiguity> {
         if self.scopes.is_empty() {

@@ -119,3 +119,60 @@ async fn ordinary_requests_outside_also_check_pass_untouched() {
     }
     assert_eq!(gate.upstream_requests().len(), 3);
 }
+
+/// Socket.IO under a policy of its own, beside a default policy that checks nothing; clients
+/// without `Origin` allowed (native apps).
+fn scoped_config() -> String {
+    json!({
+        "stat_prefix": "poll",
+        "policies": [{
+            "name": "socket.io",
+            "match": {"path_prefix": "/socket.io"},
+            "allowed_origins": ["https://app.example.com"],
+            "missing_origin": "allow",
+            "require_tls": false,
+            "also_check": [{"path_prefix": "/socket.io", "query": "transport=polling"}],
+            "auth": {"sources": [{"cookie": "io_token"}], "jwt": support::hs256_jwt()}
+        }],
+        "default": {"allowed_origins": ["https://app.example.com"], "require_tls": false}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_poll_that_another_reading_puts_under_the_checking_policy_is_refused() {
+    let gate = Gate::start(&[&scoped_config()]).await;
+    let lines = [format!("cookie: io_token={}", token()), "origin: https://evil.example".to_string()];
+    // engine.io matches the raw path's prefix; the canonical reading of this one is `/x`, under
+    // the default policy.
+    let reply = request(&gate, "GET", "/socket.io/..;/x?EIO=4&transport=polling", &lines).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(gate.upstream_requests(), vec![]);
+    assert_eq!(stat(&gate, "denied.path_ambiguous"), Some(1));
+}
+
+#[tokio::test]
+async fn a_cross_site_load_without_origin_is_refused_where_clients_without_origin_are_allowed() {
+    let gate = Gate::start(&[&scoped_config()]).await;
+    let cookie = format!("cookie: io_token={}", token());
+    let target = "/socket.io/?EIO=4&transport=polling&j=0";
+    // A foreign page's <script> or <img> sends no Origin, and says where it came from.
+    let script = request(&gate, "GET", target, &[cookie.clone(), "sec-fetch-site: cross-site".into()]).await;
+    assert_eq!(script.status, 403);
+    // A native client says nothing, and is allowed by `missing_origin`.
+    let native = request(&gate, "GET", target, std::slice::from_ref(&cookie)).await;
+    assert_eq!(native.status, 200);
+}
+
+#[tokio::test]
+async fn a_cors_preflight_from_the_allowed_origin_goes_on_without_a_credential() {
+    let gate = Gate::start(&[&config()]).await;
+    let target = "/socket.io/?EIO=4&transport=polling";
+    let ask = "access-control-request-method: POST".to_string();
+    let allowed =
+        request(&gate, "OPTIONS", target, &["origin: https://app.example.com".into(), ask.clone()]).await;
+    assert_eq!(allowed.status, 200);
+    let foreign = request(&gate, "OPTIONS", target, &["origin: https://evil.example".into(), ask]).await;
+    assert_eq!(foreign.status, 403);
+    assert_eq!(gate.upstream_requests().len(), 1);
+}

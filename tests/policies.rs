@@ -158,6 +158,17 @@ fn bad_policy_configurations_are_refused_with_the_field_named() {
         ),
         (r#"{"default": {"allowed_origins": []}}"#, "default.allowed_origins", "is empty"),
         (
+            r#"{"policies": [{"match": {"path_prefix": "/chat"}, "allowed_origins": ["https://a.example"],
+                              "also_check": [{"path_prefix": "/socket.io"}]}]}"#,
+            "policies[0].also_check[0].path_prefix",
+            "outside the policy's match.path_prefix",
+        ),
+        (
+            r#"{"default": {"allowed_origins": ["https://a.example"], "also_check": [{"path_prefix": "/x", "query": "a"}]}}"#,
+            "default.also_check[0].query",
+            "not name=value",
+        ),
+        (
             r#"{"allowed_origins": ["https://a.example"], "default": {"allowed_origins": ["https://a.example"]}}"#,
             "allowed_origins",
             "go inside them",
