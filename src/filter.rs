@@ -287,10 +287,12 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> HostAction {
         // The bytes form: header values need not be UTF-8, and the SDK's String form would
         // panic on one that is not.
-        // Whether the downstream connection is TLS, from the connection itself: Envoy sets
-        // this property only for a TLS connection.
-        let tls = self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
-        let request = Request::new(self.get_http_request_headers_bytes()).with_tls(tls);
+        let request = Request::new(self.get_http_request_headers_bytes());
+        // Whether the downstream connection is TLS, from the connection itself (Envoy sets this
+        // property only for a TLS connection), where the decision needs it.
+        let tls = self.session.needs_transport(&request)
+            && self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
+        let request = request.with_tls(tls);
         let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
         let (flow, actions) = self.session.on_request_headers(&request, clock);
         carry_out(self.id, &self.sockets, &self.counters, actions);

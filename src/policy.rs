@@ -99,7 +99,10 @@ impl ResponsePlan {
         request: &Request,
         verdict: &Verdict<'_>,
     ) -> ResponsePlan {
-        let secure = rules.is_some_and(|rules| rules.secure(request));
+        // An ordinary request's connection may not have been asked about (see
+        // `Policy::needs_transport`): its `:scheme` says whether HSTS is any use.
+        let secure = rules.is_some_and(|rules| rules.secure(request))
+            || (!request.is_upgrade() && request.scheme_is_https());
         // A shadow-mode decision lets the request go on unchanged, the marker too; the answer
         // selects it all the same, as enforcing would have.
         let going_on =
@@ -275,6 +278,15 @@ impl Policy {
             None if self.default.is_some() => Applies::Default,
             None => Applies::Nothing,
         })
+    }
+
+    /// Whether deciding `request` needs to know if its connection is TLS ([`Request::with_tls`]):
+    /// an upgrade, or a request of `also_check`, is checked for its transport and may be matched
+    /// on its own origin. An ordinary request is not: its Strict-Transport-Security follows its
+    /// `:scheme` (a browser ignores the header over plaintext whatever it says), so a host need
+    /// not ask for the connection's TLS on the path that every request takes.
+    pub fn needs_transport(&self, request: &Request) -> bool {
+        request.is_upgrade() || self.also_checks(request)
     }
 
     /// Whether `request`, an ordinary request, is one that some reading of it puts under a

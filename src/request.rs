@@ -33,6 +33,13 @@ impl Request {
         matches!((lines.next(), lines.next()), (Some(value), None) if value.trim_ascii().eq_ignore_ascii_case(b"https"))
     }
 
+    /// Whether `:scheme` is `https`: as Envoy passes it on, from the connection or, unless the
+    /// connection manager has `use_remote_address`, the client's `x-forwarded-proto`. Good for
+    /// what a browser ignores over plaintext anyway (HSTS); never for a security decision.
+    pub fn scheme_is_https(&self) -> bool {
+        self.values(":scheme").next().is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"https"))
+    }
+
     /// Every value of header `name` (given in lower case), in order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())

@@ -183,6 +183,13 @@ impl Session {
         self.close_frames.then(|| Action::CloseFrame(close_frame(CLOSE_POLICY, &format!("wsgate: {reason}"))))
     }
 
+    /// Whether the host must tell [`Session::on_request_headers`] if the connection is TLS
+    /// ([`Request::with_tls`]) for this request: asking costs a host call that an ordinary
+    /// request need not pay.
+    pub fn needs_transport(&self, request: &Request) -> bool {
+        self.policy.as_deref().is_some_and(|policy| policy.needs_transport(request))
+    }
+
     /// The request headers arrived. `clock` gives the time in milliseconds since the Unix epoch;
     /// it is read only when a decision needs it.
     pub fn on_request_headers(

@@ -78,6 +78,30 @@ fn an_ordinary_request_goes_on_and_its_response_gets_the_security_headers() {
 }
 
 #[test]
+fn the_host_is_asked_for_the_connections_tls_only_for_an_upgrade() {
+    let session = session(Some(policy(false)));
+    assert!(!session.needs_transport(&request("/", false)));
+    assert!(session.needs_transport(&request("/ws", true)));
+}
+
+#[test]
+fn an_ordinary_response_gets_strict_transport_security_by_its_scheme() {
+    let hsts = |scheme: &str| {
+        let mut session = session(Some(policy(false)));
+        let mut lines: Vec<(String, Vec<u8>)> =
+            vec![(":method".into(), b"GET".to_vec()), (":path".into(), b"/".to_vec())];
+        lines.push((":scheme".into(), scheme.as_bytes().to_vec()));
+        session.on_request_headers(&Request::new(lines), || NOW);
+        session.on_response_headers(&response("200")).iter().any(|action| {
+            matches!(action, Action::EditResponse(edits)
+                if edits.iter().any(|edit| format!("{edit:?}").contains("strict-transport-security")))
+        })
+    };
+    assert!(hsts("https"));
+    assert!(!hsts("http"));
+}
+
+#[test]
 fn a_refused_upgrade_is_answered_locally_after_its_credential_is_scrubbed_from_the_path() {
     let mut session = session(Some(policy(false)));
     let (flow, actions) = session.on_request_headers(&request("/ws?access_token=wrong&x=1", true), || NOW);

@@ -854,16 +854,19 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     on_stream(envoy, filter_ptr, true, |filter| {
+        let request = Request::new(headers(envoy, REQUEST_HEADERS));
         let mut tls = EMPTY;
-        // SAFETY: the stream's pointer; the attribute is read at once.
-        let tls = unsafe {
-            envoy_dynamic_module_callback_http_filter_get_attribute_string(
-                envoy,
-                ATTRIBUTE_TLS_VERSION,
-                &mut tls,
-            )
-        } && tls.len > 0;
-        let request = Request::new(headers(envoy, REQUEST_HEADERS)).with_tls(tls);
+        // Where the decision needs it. SAFETY: the stream's pointer; the attribute is read at once.
+        let tls = filter.session.needs_transport(&request)
+            && unsafe {
+                envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                    envoy,
+                    ATTRIBUTE_TLS_VERSION,
+                    &mut tls,
+                )
+            }
+            && tls.len > 0;
+        let request = request.with_tls(tls);
         #[cfg(feature = "panic-probe")]
         panic_probe(&request);
         let (session, mut carrier) = filter.split();
