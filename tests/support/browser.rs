@@ -62,6 +62,8 @@ impl Browser {
             .stderr(std::fs::File::create(dir.join("chromium.log")).unwrap())
             .spawn()
             .unwrap();
+        // Stopped if starting fails half-way, as a started Browser is when it drops.
+        let mut launched = Launched(Some(child));
         // Chromium writes the port it bound, and its browser endpoint, into the profile.
         let deadline = Instant::now() + STEP;
         let (port, endpoint) = loop {
@@ -83,6 +85,7 @@ impl Browser {
             tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/devtools/page/{target}"))
                 .await
                 .unwrap();
+        let child = launched.0.take().unwrap();
         Browser { child, dir, page, next_id: 0 }
     }
 
@@ -201,6 +204,18 @@ impl Browser {
             protocols = serde_json::to_string(protocols).unwrap(),
         );
         self.eval(&script).await
+    }
+}
+
+/// A browser process not yet handed to a [`Browser`]: killed if the start panics.
+struct Launched(Option<Child>);
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
