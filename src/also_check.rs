@@ -6,12 +6,11 @@
 //! A request is checked when some reading of it is under the prefix and carries the parameter:
 //! checking a request that needed none refuses at worst a request that no browser page should
 //! send, while missing one lets a foreign page through. So the path is read every way an
-//! upgrade's is ([`Readings`]), and the query every way some server parses it.
+//! upgrade's is ([`crate::canonical::Readings`]), and the query every way some server parses it.
 
-use crate::canonical::{Reading, Readings};
+use crate::canonical::Reading;
 use crate::config::AlsoCheckConfig;
 use crate::error::ConfigError;
-use crate::request::Request;
 use crate::scope::{canonical_prefix, path_matches};
 
 /// One compiled entry.
@@ -67,19 +66,6 @@ pub fn checks_unreadable(entries: &[AlsoCheck], target: &[u8]) -> bool {
     entries.iter().any(|entry| entry.query.as_ref().is_none_or(|(name, value)| carries(target, name, value)))
 }
 
-/// Whether `request`, an ordinary request, is one that `entries` check on some reading.
-pub fn checks(entries: &[AlsoCheck], request: &Request) -> bool {
-    if entries.is_empty() {
-        return false;
-    }
-    let authority = request.values(":authority").next().unwrap_or_default();
-    let target = request.path();
-    match Readings::of(authority, target) {
-        Ok(readings) => readings.all().into_iter().any(|reading| checks_reading(entries, reading, target)),
-        Err(_) => checks_unreadable(entries, target),
-    }
-}
-
 /// Whether the query of `target` has `name=value` as some server reads it: after the first `?`,
 /// or after an escaped one (servers that decode before they split), pairs separated by `&` or
 /// `;`, names and values percent-decoded, compared without case and surrounding spaces.
@@ -102,8 +88,25 @@ fn carries(target: &[u8], name: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::Readings;
+    use crate::request::Request;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// Whether `request`, an ordinary request, is one that `entries` check on some reading.
+    fn checks(entries: &[AlsoCheck], request: &Request) -> bool {
+        if entries.is_empty() {
+            return false;
+        }
+        let authority = request.values(":authority").next().unwrap_or_default();
+        let target = request.path();
+        match Readings::of(authority, target) {
+            Ok(readings) => {
+                readings.all().into_iter().any(|reading| checks_reading(entries, reading, target))
+            }
+            Err(_) => checks_unreadable(entries, target),
+        }
+    }
 
     fn entries(prefix: &str, query: Option<&str>) -> Vec<AlsoCheck> {
         compile(&[AlsoCheckConfig { path_prefix: prefix.into(), query: query.map(str::to_string) }]).unwrap()

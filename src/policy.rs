@@ -261,12 +261,16 @@ impl Policy {
     }
 
     /// The policy that applies to `request`: the first in `policies` whose `match` fits its
-    /// canonical host and path, else `default`. For an upgrade, every reading of its host and
-    /// path must choose the same one ([`crate::canonical`]), or it is refused.
-    /// The policy for `request`: an upgrade's, and an ordinary request's that `also_check`
-    /// checks, is the same on every reading or refused; other ordinary requests are read once.
+    /// canonical host and path, else `default`. For an upgrade, and an ordinary request that
+    /// `also_check` checks, every reading of its host and path must choose the same one
+    /// ([`crate::canonical`]), or it is refused.
     fn applies(&self, request: &Request) -> Result<Applies, DenyReason> {
-        let chosen = match request.is_upgrade() || self.also_checks(request) {
+        self.applies_as(request, request.is_upgrade() || self.also_checks(request))
+    }
+
+    /// [`Policy::applies`], told whether the request is decided as an upgrade (`strict`).
+    fn applies_as(&self, request: &Request, strict: bool) -> Result<Applies, DenyReason> {
+        let chosen = match strict {
             true => self.selector.select_upgrade(request).map_err(|ambiguity| match ambiguity {
                 Ambiguity::Path => DenyReason::PathAmbiguous,
                 Ambiguity::Host => DenyReason::HostAmbiguous,
@@ -360,13 +364,14 @@ impl Policy {
         request: &Request,
         clock: impl FnOnce() -> u64,
     ) -> (Verdict<'_>, ResponsePlan) {
-        let (applies, chosen) = match self.applies(request) {
+        // Whether `also_check` lists it is worked out once: it reads every reading of the path.
+        let upgrade = request.is_upgrade();
+        let checked = !upgrade && self.also_checks(request);
+        let (applies, chosen) = match self.applies_as(request, upgrade || checked) {
             Ok(applies) => (applies, Ok(applies)),
             Err(reason) => (Applies::Nothing, Err(reason)),
         };
         let rules = self.rules(applies);
-        let upgrade = request.is_upgrade();
-        let checked = !upgrade && self.also_checks(request);
         let (verdict, close) = match (chosen, rules) {
             _ if !upgrade && !checked => (Verdict::Pass(Vec::new()), None),
             (Ok(_), Some(rules)) if checked => (rules.decide_ordinary(request, clock()), None),
