@@ -120,6 +120,118 @@ pub struct PolicyConfig {
     /// cookies. Defaults to none.
     #[serde(default)]
     pub also_check: Vec<AlsoCheckConfig>,
+    /// Rules for the messages of an admitted socket, per direction. Defaults to none: frames are
+    /// not read.
+    #[serde(default)]
+    pub messages: Option<MessagesConfig>,
+    /// `strip` removes the client's `Sec-WebSocket-Extensions` offer (`permessage-deflate`)
+    /// from the handshake, for upstreams whose inflate has no bound. Defaults to `allow`, or to
+    /// `strip` when `messages` is set, which reads frames only uncompressed.
+    #[serde(default)]
+    pub compression: Option<Compression>,
+}
+
+/// `messages`: the rules for each direction of an admitted socket.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// Rules for what the client sends. Defaults to none.
+    #[serde(default)]
+    pub client: Option<MessageRulesConfig>,
+    /// Rules for what the upstream sends. Defaults to none.
+    #[serde(default)]
+    pub server: Option<MessageRulesConfig>,
+}
+
+/// The rules for one direction of a socket. Each defaults to no limit; at least one is set.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRulesConfig {
+    /// The largest frame payload, in bytes.
+    #[serde(default)]
+    pub max_frame_bytes: Option<u64>,
+    /// The largest message payload, its fragments put together, in bytes.
+    #[serde(default)]
+    pub max_message_bytes: Option<u64>,
+    /// Data messages per second, on average.
+    #[serde(default)]
+    pub messages_per_second: Option<u64>,
+    /// Data messages allowed at once above the average. Defaults to `messages_per_second`.
+    #[serde(default)]
+    pub message_burst: Option<u64>,
+    /// Payload bytes of data messages per second, on average.
+    #[serde(default)]
+    pub bytes_per_second: Option<u64>,
+    /// Payload bytes allowed at once above the average; a frame longer than this always breaks
+    /// the rule. Defaults to `bytes_per_second`.
+    #[serde(default)]
+    pub byte_burst: Option<u64>,
+    /// The data message kinds allowed: `text`, `binary`. Defaults to both.
+    #[serde(default)]
+    pub opcodes: Option<Vec<Opcode>>,
+    /// Text messages must be a JSON object with one of the listed strings at a pointer.
+    #[serde(default)]
+    pub json: Option<JsonRuleConfig>,
+}
+
+/// `json`: what a text message must be.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonRuleConfig {
+    /// A JSON Pointer (RFC 6901) to the member whose string is checked (`/type`). Required.
+    pub pointer: String,
+    /// The strings allowed there (`["join", "say"]`). Required and non-empty.
+    pub one_of: Vec<String>,
+    /// The deepest nesting of arrays and objects allowed, 1 to 128. Defaults to 16.
+    #[serde(default = "default_json_depth")]
+    pub max_depth: usize,
+    /// The longest text message read as JSON, in bytes, 2 to 1048576; a longer one breaks the
+    /// rule. It is held until complete. Defaults to 65536.
+    #[serde(default = "default_json_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_json_depth() -> usize {
+    16
+}
+
+fn default_json_bytes() -> usize {
+    65_536
+}
+
+/// A data message kind: `"text"` or `"binary"`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum Opcode {
+    Text,
+    Binary,
+}
+
+impl TryFrom<String> for Opcode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Opcode, String> {
+        choose(&value, &[("text", Opcode::Text), ("binary", Opcode::Binary)])
+    }
+}
+
+/// Whether the handshake keeps the client's compression offer: `"allow"` or `"strip"`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum Compression {
+    Allow,
+    Strip,
+}
+
+impl TryFrom<String> for Compression {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Compression, String> {
+        choose(&value, &[("allow", Compression::Allow), ("strip", Compression::Strip)])
+    }
 }
 
 /// `auth`: where the handshake's credential comes from and how it is verified.
@@ -689,7 +801,7 @@ mod schema_impls {
 
     use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
-    use super::{Admission, CspConfig, CspDirectives, Mode, OnExisting};
+    use super::{Admission, Compression, CspConfig, CspDirectives, Mode, OnExisting, Opcode};
 
     macro_rules! string_enum {
         ($type:ty, $name:literal, [$($value:literal),+], $description:literal) => {
@@ -706,6 +818,13 @@ mod schema_impls {
 
     string_enum!(Admission, "Admission", ["deny", "allow"], "Whether a class of requests is let through.");
     string_enum!(Mode, "Mode", ["enforce", "shadow"], "Whether a policy's decisions are carried out.");
+    string_enum!(Opcode, "Opcode", ["text", "binary"], "A data message kind.");
+    string_enum!(
+        Compression,
+        "Compression",
+        ["allow", "strip"],
+        "Whether the handshake keeps the client's compression offer."
+    );
     string_enum!(
         OnExisting,
         "OnExisting",

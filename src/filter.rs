@@ -229,6 +229,9 @@ fn carry_out(id: u32, sockets: &RefCell<OpenSockets>, counters: &Counters, actio
             Action::ReplaceRequestBody { cut, keep } => {
                 let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, cut, &keep);
             }
+            Action::ReplaceResponseBody { cut, keep } => {
+                let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, cut, &keep);
+            }
             Action::ResumeResponse => {
                 let _ = hostcalls::resume_http_response();
             }
@@ -299,7 +302,8 @@ impl HttpContext for Stream {
         host_action(flow)
     }
 
-    /// The client's bytes, held while a socket waits for its first message.
+    /// The client's bytes: held while a socket waits for its first message, read for the
+    /// message rules.
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
         if !self.session.wants_request_body() {
             return host_action(self.session.on_request_body(&[], body_size, end_of_stream, 0).0);
@@ -323,9 +327,20 @@ impl HttpContext for Stream {
         host_action(flow)
     }
 
+    /// The upstream's bytes: read for the message rules, held while a socket waits for its
+    /// first message.
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> HostAction {
+        if !self.session.wants_response_body() {
+            return HostAction::Continue;
+        }
+        let held = self.session.response_body_held();
+        let new = match body_size.saturating_sub(held) {
+            0 => Vec::new(),
+            _ if !self.session.reads_response_body() => Vec::new(),
+            new => self.get_http_response_body(held, new).unwrap_or_default(),
+        };
         let now = milliseconds(self.get_current_time());
-        let (flow, actions) = self.session.on_response_body(&[], body_size, now);
+        let (flow, actions) = self.session.on_response_body(&new, body_size, now);
         carry_out(self.id, &self.sockets, &self.counters, actions);
         host_action(flow)
     }

@@ -200,7 +200,7 @@ impl Pointer {
     /// Whether an object along the way has another member whose name differs from the one
     /// pointed at only in case: a parser that folds case could take that one. Go's
     /// `encoding/json` folds by Unicode, where the Kelvin sign is a `k` and the long s an `s`.
-    fn has_case_variant(&self, value: &Value) -> bool {
+    pub(crate) fn has_case_variant(&self, value: &Value) -> bool {
         let folded = |key: &str| key.replace('\u{212A}', "k").replace('\u{17F}', "s");
         let mut at = value;
         for name in &self.0 {

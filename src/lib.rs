@@ -32,6 +32,7 @@ pub mod first_message;
 pub mod frames;
 pub mod headers;
 pub mod logs;
+pub mod messages;
 pub mod origin;
 pub mod policy;
 pub mod request;

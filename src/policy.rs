@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use crate::also_check::{self, AlsoCheck};
-use crate::config::{Admission, Config, Mode, PolicyConfig};
+use crate::config::{Admission, Compression, Config, Mode, PolicyConfig};
 use crate::error::ConfigError;
 use crate::first_message::{Awaiting, Step};
 use crate::headers::{has_header_key, header_key};
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
+use crate::messages::{Direction, Inspection, Inspector, MessageRules};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
 use crate::scope::{self, Ambiguity, Selector};
@@ -18,6 +19,7 @@ use crate::token::jwk::Algorithm;
 use crate::token::remote::{Fetch, FetchOutcome, RemoteJwks};
 use crate::token::source;
 use crate::token::{Auth, Checked};
+use crate::verdict::{excerpt, request_fields};
 use crate::verdict::{
     Denial, DenyReason, RequestEdit, Verdict, AMBIGUOUS_BODY, AMBIGUOUS_STATUS, CHALLENGE, CHALLENGE_INVALID,
     INSECURE_TRANSPORT_BODY, INSECURE_TRANSPORT_STATUS, JWKS_UNAVAILABLE_BODY, JWKS_UNAVAILABLE_STATUS,
@@ -61,6 +63,10 @@ pub struct Rules {
     max_connection_seconds: Option<u64>,
     /// Ordinary requests decided as upgrades are (long-polling fallbacks).
     also_check: Vec<AlsoCheck>,
+    /// The rules for an admitted socket's messages.
+    messages: Option<MessageRules>,
+    /// Whether the client's compression offer is removed from the handshake.
+    strip_compression: bool,
 }
 
 /// Which policy applies to a request and its response.
@@ -495,6 +501,36 @@ impl Policy {
         }
     }
 
+    /// The reading of an admitted socket's messages, begun now (`clock`, read only then), if the policy that
+    /// decided `request` (`plan`, `verdict`) has message rules. A shadow-mode policy reads and
+    /// reports, and holds nothing back.
+    pub fn inspection(
+        &self,
+        plan: ResponsePlan,
+        request: &Request,
+        verdict: &Verdict<'_>,
+        clock: impl FnOnce() -> u64,
+    ) -> Option<Inspection> {
+        let rules = self.rules(plan.applies)?;
+        let messages = rules.messages.as_ref()?;
+        let (edits, shadow) = match verdict {
+            _ if !request.is_upgrade() => return None,
+            Verdict::Admit(edits) | Verdict::Await { edits, .. } => (edits, false),
+            Verdict::ShadowAdmit(edits) | Verdict::ShadowDeny(_, edits) => (edits, true),
+            Verdict::Pass(_) | Verdict::Deny(_) => return None,
+        };
+        let now_ms = clock();
+        let [client, server] =
+            Direction::ALL.map(|direction| Inspector::new(messages, direction, !shadow, now_ms));
+        let context = format!(
+            "policy={} {} identity=\"{}\"",
+            rules.name,
+            request_fields(request),
+            rules.identity(edits)
+        );
+        Some(Inspection { client, server, shadow, context })
+    }
+
     /// The key set fetches due at `now`, each with its index for [`Policy::keys_fetched`].
     pub fn key_fetches_due(&self, now: u64) -> Vec<(usize, Fetch<'_>)> {
         self.remote_jwks()
@@ -524,6 +560,32 @@ impl Policy {
     pub fn policy_summaries(&self) -> Vec<String> {
         self.all_rules().map(|rules| format!("{} ({})", rules.name, rules.summary())).collect()
     }
+}
+
+/// `messages` and `compression`, compiled: the rules, and whether the handshake loses its
+/// compression offer (the rules read frames only uncompressed).
+fn compile_messages(
+    config: &PolicyConfig,
+    first_message: Option<usize>,
+) -> Result<(Option<MessageRules>, bool), ConfigError> {
+    let messages =
+        config.messages.as_ref().map(|messages| MessageRules::compile(messages, "messages")).transpose()?;
+    if let (Some(rules), Some(index)) = (&messages, first_message) {
+        if rules.checks_server_json() {
+            let problem = format!(
+                "cannot go with a first_message source (auth.sources[{index}]): the upstream's messages are \
+                 held whole until that credential verifies, so none can be held back on its own"
+            );
+            return Err(ConfigError::new("messages.server.json", problem));
+        }
+    }
+    if config.compression == Some(Compression::Allow) && messages.is_some() {
+        let problem =
+            "is \"allow\", but message rules read frames only uncompressed; use \"strip\" or leave it out";
+        return Err(ConfigError::new("compression", problem));
+    }
+    let strip = messages.is_some() || config.compression == Some(Compression::Strip);
+    Ok((messages, strip))
 }
 
 impl Rules {
@@ -557,6 +619,7 @@ impl Rules {
             .transpose();
         let auth = config.auth.as_ref().map(|auth| Auth::compile(auth, env)).transpose();
         let also_check = also_check::compile(&config.also_check);
+        let messages = compile_messages(&config, first_message);
         let closing = if config.close_on_expiry && config.auth.as_ref().and_then(|a| a.jwt.as_ref()).is_none()
         {
             Err(ConfigError::new("close_on_expiry", "needs auth.jwt: only a JWT has an expiry"))
@@ -569,32 +632,41 @@ impl Rules {
         } else {
             Ok(())
         };
-        match (origins, deny_status, response_headers, auth, closing, also_check) {
-            (Ok(origins), Ok(deny_status), Ok(response_headers), Ok(auth), Ok(()), Ok(also_check)) => {
-                Ok(Rules {
-                    name,
-                    mode: config.mode,
-                    auth,
-                    origins,
-                    missing_origin: config.missing_origin,
-                    null_origin: config.null_origin,
-                    deny_status,
-                    deny_body: config.deny_body,
-                    response_headers,
-                    require_tls: config.require_tls,
-                    trust_forwarded_proto: config.trust_forwarded_proto,
-                    close_on_expiry: config.close_on_expiry,
-                    max_connection_seconds: config.max_connection_seconds,
-                    also_check,
-                })
-            }
-            (origins, deny_status, response_headers, auth, closing, also_check) => Err([
+        match (origins, deny_status, response_headers, auth, closing, also_check, messages) {
+            (
+                Ok(origins),
+                Ok(deny_status),
+                Ok(response_headers),
+                Ok(auth),
+                Ok(()),
+                Ok(also_check),
+                Ok((messages, strip_compression)),
+            ) => Ok(Rules {
+                name,
+                mode: config.mode,
+                auth,
+                origins,
+                missing_origin: config.missing_origin,
+                null_origin: config.null_origin,
+                deny_status,
+                deny_body: config.deny_body,
+                response_headers,
+                require_tls: config.require_tls,
+                trust_forwarded_proto: config.trust_forwarded_proto,
+                close_on_expiry: config.close_on_expiry,
+                max_connection_seconds: config.max_connection_seconds,
+                also_check,
+                messages,
+                strip_compression,
+            }),
+            (origins, deny_status, response_headers, auth, closing, also_check, messages) => Err([
                 origins.err(),
                 deny_status.err(),
                 response_headers.err(),
                 auth.err(),
                 closing.err(),
                 also_check.err(),
+                messages.err(),
             ]
             .into_iter()
             .flatten()
@@ -614,10 +686,12 @@ impl Rules {
         let max_age_at =
             self.max_connection_seconds.map(|seconds| now.saturating_add(seconds.saturating_mul(1000)));
         match (checked, self.mode) {
-            (Ok(Checked::Verified { edits, expiry }), Mode::Enforce) => {
+            (Ok(Checked::Verified { mut edits, expiry }), Mode::Enforce) => {
+                self.strip_compression(request, &mut edits);
                 (Verdict::Admit(edits), Close::earliest(self.expiry_close(expiry), max_age_at))
             }
-            (Ok(Checked::Awaits { edits, rule }), Mode::Enforce) => {
+            (Ok(Checked::Awaits { mut edits, rule }), Mode::Enforce) => {
+                self.strip_compression(request, &mut edits);
                 let awaiting = rule.awaiting(request, (applies, &self.name), now, max_age_at);
                 (Verdict::Await { edits, awaiting }, None)
             }
@@ -625,6 +699,29 @@ impl Rules {
             // Shadow mode: decided and reported, but nothing is refused, changed or closed.
             (Ok(_), Mode::Shadow) => (Verdict::ShadowAdmit(Vec::new()), None),
             (Err(reason), Mode::Shadow) => (Verdict::ShadowDeny(self.denial(reason), Vec::new()), None),
+        }
+    }
+
+    /// The verified identity that `edits` forward, for log lines: the first identity header's
+    /// value (the subject or the key id), or `-`.
+    fn identity(&self, edits: &[RequestEdit<'_>]) -> String {
+        let Some(auth) = &self.auth else { return "-".to_string() };
+        let forwarded = edits.iter().find_map(|edit| match edit {
+            RequestEdit::Set(name, value) if auth.identity_headers().any(|header| header == *name) => {
+                Some(value)
+            }
+            _ => None,
+        });
+        forwarded.map_or_else(|| "-".to_string(), |value| excerpt(value))
+    }
+
+    /// Removes the client's compression offer from an admitted handshake, where the policy
+    /// says to (once: the first-message source may have removed it already).
+    fn strip_compression<'p>(&self, request: &Request, edits: &mut Vec<RequestEdit<'p>>) {
+        let remove = RequestEdit::Remove("sec-websocket-extensions");
+        let offered = request.values("sec-websocket-extensions").next().is_some();
+        if self.strip_compression && offered && !edits.contains(&remove) {
+            edits.push(remove);
         }
     }
 
@@ -803,9 +900,11 @@ impl Rules {
 
     fn summary(&self) -> String {
         let auth = self.auth.as_ref().map_or_else(|| "none".to_string(), Auth::summary);
+        let messages = self.messages.as_ref().map_or_else(|| "none".to_string(), MessageRules::summary);
         format!(
             "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
-             require_tls={}, trust_forwarded_proto={}, {} response headers, also_check={}, auth: {auth}",
+             require_tls={}, trust_forwarded_proto={}, {} response headers, also_check={}, \
+             compression={}, messages: {messages}, auth: {auth}",
             format!("{:?}", self.mode).to_ascii_lowercase(),
             self.origins.len(),
             format!("{:?}", self.missing_origin).to_ascii_lowercase(),
@@ -815,6 +914,7 @@ impl Rules {
             self.trust_forwarded_proto,
             self.response_headers.as_ref().map_or(0, ResponseHeaders::len),
             self.also_check.len(),
+            if self.strip_compression { "strip" } else { "allow" },
         )
     }
 }

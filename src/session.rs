@@ -13,6 +13,7 @@ use crate::first_message::{Awaiting, Step};
 use crate::frames::{close_frame, Boundary};
 use crate::headers::{HeaderEdit, Response};
 use crate::logs::{LogLimiter, LINES_PER_SECOND};
+use crate::messages::{Direction, Inspection, Release, Violation};
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
 use crate::request::Request;
 use crate::sockets::{Close, CloseReason};
@@ -46,6 +47,8 @@ pub enum Action<'p> {
     EditResponse(Vec<HeaderEdit<'p>>),
     /// Replace the first `cut` bytes of the request body held so far with `keep`.
     ReplaceRequestBody { cut: usize, keep: Vec<u8> },
+    /// Replace the first `cut` bytes of the response body held so far with `keep`.
+    ReplaceResponseBody { cut: usize, keep: Vec<u8> },
     /// Let the response body that was held go on.
     ResumeResponse,
     /// Send the client these bytes, a WebSocket close frame, before the [`Action::Reset`] that
@@ -148,6 +151,10 @@ pub struct Session {
     close_frames: bool,
     /// Where the upstream's bytes to the client stand, when close frames are sent.
     server: Boundary,
+    /// The reading of an admitted socket's messages, under a policy with message rules.
+    inspection: Option<Box<Inspection>>,
+    /// How many of the upstream's bytes the host holds (while the first message is awaited).
+    response_held: usize,
 }
 
 /// The close code wsgate sends (RFC 6455 section 7.4.1: the endpoint's policy was violated).
@@ -167,6 +174,8 @@ impl Session {
             closing: false,
             close_frames: false,
             server: Boundary::default(),
+            inspection: None,
+            response_held: 0,
         }
     }
 
@@ -200,6 +209,8 @@ impl Session {
         let policy = self.policy.as_deref();
         let (verdict, plan) = decide_and_plan(policy, request, &clock);
         self.plan = plan;
+        self.inspection =
+            policy.and_then(|policy| policy.inspection(plan, request, &verdict, &clock)).map(Box::new);
         let mut actions = Vec::new();
         if verdict.is_logged() {
             let line = || verdict.log_line(request).unwrap_or_default();
@@ -246,9 +257,18 @@ impl Session {
     }
 
     /// Whether the host must hand over the request body: only while a socket waits for its
-    /// first message. Every frame of every socket is a body event; the others cost nothing.
+    /// first message, or has message rules for the client. Every frame of every socket is a
+    /// body event; the others cost nothing.
     pub fn wants_request_body(&self) -> bool {
-        self.awaiting.is_some() && !self.refused
+        (self.awaiting.is_some() || self.inspects(Direction::Client)) && !self.refused
+    }
+
+    /// Whether `direction` of the socket is read for its message rules.
+    fn inspects(&self, direction: Direction) -> bool {
+        self.inspection.as_ref().is_some_and(|inspection| match direction {
+            Direction::Client => inspection.client.is_some(),
+            Direction::Server => inspection.server.is_some(),
+        })
     }
 
     /// How many bytes of the request body the host holds already: [`Session::on_request_body`]
@@ -270,10 +290,78 @@ impl Session {
             return (Flow::Pause, Vec::new());
         }
         if self.awaiting.is_none() {
-            return (Flow::Continue, Vec::new());
+            return self.inspect(Direction::Client, new, held, now);
         }
         self.held = held;
         self.read_first_message(new, end_of_stream, now)
+    }
+
+    /// Reads `bytes`, the ones just come in `direction`, for the message rules; the host holds
+    /// `held` bytes of that direction, these last.
+    fn inspect(
+        &mut self,
+        direction: Direction,
+        bytes: &[u8],
+        held: usize,
+        now: u64,
+    ) -> (Flow, Vec<Action<'static>>) {
+        let Some(inspection) = self.inspection.as_deref_mut() else { return (Flow::Continue, Vec::new()) };
+        let Some(inspector) = inspection.inspector(direction).as_mut() else {
+            return (Flow::Continue, Vec::new());
+        };
+        match inspector.feed(bytes, now) {
+            Ok(Release::All) => (Flow::Continue, Vec::new()),
+            Ok(Release::Replace(keep)) => {
+                let replace = match direction {
+                    Direction::Client => Action::ReplaceRequestBody { cut: held, keep },
+                    Direction::Server => Action::ReplaceResponseBody { cut: held, keep },
+                };
+                (Flow::Continue, vec![replace])
+            }
+            Err(violation) => self.violated(direction, violation, now),
+        }
+    }
+
+    /// A socket broke a message rule in `direction`: ended, counted and logged; under a
+    /// shadow-mode policy only counted and logged, and that direction no longer read.
+    fn violated(
+        &mut self,
+        direction: Direction,
+        violation: Violation,
+        now: u64,
+    ) -> (Flow, Vec<Action<'static>>) {
+        let Some(inspection) = self.inspection.as_deref_mut() else { return (Flow::Continue, Vec::new()) };
+        let shadow = inspection.shadow;
+        let line = || {
+            let verb = if shadow { "would close (shadow)" } else { "closed" };
+            format!(
+                "{verb} socket that broke a message rule: rule={} direction={} {}",
+                violation.as_str(),
+                direction.as_str(),
+                inspection.context
+            )
+        };
+        let mut actions: Vec<Action<'static>> =
+            self.logs.admit_with(line, now).map(|line| Action::Log(Level::Warn, line)).into_iter().collect();
+        if shadow {
+            *inspection.inspector(direction) = None;
+            actions.push(Action::Count(Counter::ShadowMessageViolation(direction, violation), 1));
+            return (Flow::Continue, actions);
+        }
+        self.inspection = None;
+        self.refused = true;
+        if self.closing {
+            actions.push(self.close_at(None));
+        }
+        actions.push(Action::Count(Counter::MessageViolation(direction, violation), 1));
+        // The upstream's bytes of this event, if they are what broke the rule, go no further:
+        // the client is where the ones before left it.
+        if self.close_frames && self.server.between_frames() {
+            let reason = format!("wsgate: {}", violation.as_str());
+            actions.push(Action::CloseFrame(close_frame(violation.close_code(), &reason)));
+        }
+        actions.push(Action::Reset);
+        (Flow::Pause, actions)
     }
 
     /// Trailers end the client's stream (HTTP/2 and HTTP/3). While the socket waits, they would
@@ -303,14 +391,31 @@ impl Session {
                 (Flow::Pause, Vec::new())
             }
             Step::Release { cut, keep, close } => {
+                let held = std::mem::take(&mut self.held);
                 let mut actions = Vec::new();
-                if cut > 0 {
+                if self.inspects(Direction::Client) {
+                    // What goes on to the upstream is read for the message rules: the auth
+                    // message too, when it is forwarded.
+                    let upstream =
+                        [keep.as_slice(), awaiting.reader.held().get(cut..).unwrap_or_default()].concat();
+                    let (flow, inspected) = self.inspect(Direction::Client, &upstream, held, now);
+                    if flow == Flow::Pause {
+                        return (flow, inspected);
+                    }
+                    let replaced =
+                        inspected.iter().any(|action| matches!(action, Action::ReplaceRequestBody { .. }));
+                    if !replaced {
+                        actions.push(Action::ReplaceRequestBody { cut: held, keep: upstream });
+                    }
+                    actions.extend(inspected);
+                } else if cut > 0 {
                     actions.push(Action::ReplaceRequestBody { cut, keep });
                 }
                 actions.push(self.close_at(close));
                 actions.push(Action::Count(Counter::Allowed, 1));
                 if self.upstream_held {
                     self.upstream_held = false;
+                    self.response_held = 0;
                     actions.push(Action::ResumeResponse);
                 }
                 (Flow::Continue, actions)
@@ -322,11 +427,18 @@ impl Session {
     /// Whether the host must hand over the response headers: reading them costs a host call
     /// that most responses need not pay.
     pub fn wants_response_headers(&self) -> bool {
-        self.plan.edits_response() || self.plan.may_close() || self.awaiting.is_some()
+        self.plan.edits_response()
+            || self.plan.may_close()
+            || self.awaiting.is_some()
+            || self.inspection.is_some()
     }
 
     /// The response headers arrived.
     pub fn on_response_headers(&mut self, response: &Response) -> Vec<Action<'_>> {
+        if !response.opens_socket() {
+            // No socket: the body that follows is no frames.
+            self.inspection = None;
+        }
         let mut actions = Vec::new();
         if self.awaiting.is_some() && !response.opens_socket() {
             // The upstream refused the upgrade: there is no socket to wait on.
@@ -348,30 +460,62 @@ impl Session {
     }
 
     /// Whether the host must hand over the response body: while a socket waits for its first
-    /// message, or was refused, or may be closed with a close frame (whose place in the
-    /// upstream's frames is then followed).
+    /// message, or was refused, or has message rules for the upstream, or may be closed with a
+    /// close frame (whose place in the upstream's frames is then followed).
     pub fn wants_response_body(&self) -> bool {
-        self.awaiting.is_some() || self.refused || (self.close_frames && self.plan.may_close())
+        self.awaiting.is_some()
+            || self.refused
+            || self.inspects(Direction::Server)
+            || (self.close_frames && (self.plan.may_close() || self.inspection.is_some()))
     }
 
-    /// The upstream's next bytes: `new` are the ones that just came (read only by a session
-    /// that sends close frames; others take none), `held` how many the host holds so far.
-    /// Held while the socket waits for its first message, within the policy's bound.
+    /// Whether [`Session::on_response_body`] reads the bytes themselves, not only how many: for
+    /// the message rules, or to follow the frames for a close frame.
+    pub fn reads_response_body(&self) -> bool {
+        self.close_frames || self.inspects(Direction::Server)
+    }
+
+    /// How many bytes of the response body the host holds already: [`Session::on_response_body`]
+    /// wants only the ones after these.
+    pub fn response_body_held(&self) -> usize {
+        self.response_held
+    }
+
+    /// The upstream's next bytes: `new` are the ones after [`Session::response_body_held`]
+    /// (only where [`Session::reads_response_body`]; others take none), `held` how many the host
+    /// holds now, these included. Read for the message rules; held while the socket waits for
+    /// its first message, within the policy's bound.
     pub fn on_response_body(&mut self, new: &[u8], held: usize, now: u64) -> (Flow, Vec<Action<'static>>) {
         if self.refused {
             return (Flow::Pause, Vec::new());
         }
-        if self.close_frames {
-            self.server.feed(new);
+        let (flow, mut actions) = self.inspect(Direction::Server, new, held, now);
+        if flow == Flow::Pause {
+            return (flow, actions);
         }
-        let Some(awaiting) = self.awaiting.take() else { return (Flow::Continue, Vec::new()) };
+        if self.close_frames {
+            // The client gets what the rules let go on now.
+            let released = actions.iter().find_map(|action| match action {
+                Action::ReplaceResponseBody { keep, .. } => Some(keep.as_slice()),
+                _ => None,
+            });
+            self.server.feed(released.unwrap_or(new));
+        }
+        let Some(awaiting) = self.awaiting.take() else {
+            self.response_held = 0;
+            return (Flow::Continue, actions);
+        };
         match awaiting.hold_upstream(held) {
             Ok(()) => {
                 self.awaiting = Some(awaiting);
                 self.upstream_held = true;
-                (Flow::Pause, Vec::new())
+                self.response_held = held;
+                (Flow::Pause, actions)
             }
-            Err(reason) => (Flow::Pause, self.refuse_and_reset(&awaiting, reason, now)),
+            Err(reason) => {
+                actions.extend(self.refuse_and_reset(&awaiting, reason, now));
+                (Flow::Pause, actions)
+            }
         }
     }
 

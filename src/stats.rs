@@ -7,6 +7,7 @@
 //! without it: `wasmcustom.wsgate.edge.denied.origin_not_allowed` is
 //! `wsgate_edge_denied_origin_not_allowed`.
 
+use crate::messages::{Direction, Violation};
 use crate::sockets::CloseReason;
 use crate::token::remote::FetchOutcome;
 use crate::verdict::{DenyReason, Verdict};
@@ -43,6 +44,10 @@ pub enum Counter {
     /// Handshakes admitted on condition of a credential in the first message; each is later
     /// counted once more, as `allowed` or `denied.<reason>`.
     AwaitedFirstMessage,
+    /// Admitted sockets ended for breaking a message rule, per direction and rule.
+    MessageViolation(Direction, Violation),
+    /// Sockets whose shadow-mode policy would have ended them for a message rule; they went on.
+    ShadowMessageViolation(Direction, Violation),
 }
 
 /// Configurations refused. Not under a `stat_prefix`: a refused configuration has none.
@@ -50,6 +55,7 @@ pub const CONFIG_REJECTIONS: &str = "wsgate.config_rejections";
 
 const FIXED: usize = 12;
 const REASONS: usize = DenyReason::ALL.len();
+const VIOLATIONS: usize = Violation::ALL.len();
 
 impl Counter {
     /// Every counter, in index order.
@@ -71,6 +77,10 @@ impl Counter {
         .into_iter()
         .chain(DenyReason::ALL.into_iter().map(Counter::Denied))
         .chain(DenyReason::ALL.into_iter().map(Counter::ShadowDenied))
+        .chain(violations().map(|(direction, violation)| Counter::MessageViolation(direction, violation)))
+        .chain(
+            violations().map(|(direction, violation)| Counter::ShadowMessageViolation(direction, violation)),
+        )
     }
 
     /// The counter's place in [`names`].
@@ -90,6 +100,12 @@ impl Counter {
             Counter::AwaitedFirstMessage => 11,
             Counter::Denied(reason) => FIXED + reason_index(reason),
             Counter::ShadowDenied(reason) => FIXED + REASONS + reason_index(reason),
+            Counter::MessageViolation(direction, violation) => {
+                FIXED + 2 * REASONS + violation_index(direction, violation)
+            }
+            Counter::ShadowMessageViolation(direction, violation) => {
+                FIXED + 2 * REASONS + 2 * VIOLATIONS + violation_index(direction, violation)
+            }
         }
     }
 
@@ -110,6 +126,12 @@ impl Counter {
             Counter::AwaitedFirstMessage => "first_message.awaited".to_string(),
             Counter::Denied(reason) => format!("denied.{}", reason.as_str()),
             Counter::ShadowDenied(reason) => format!("shadow_denied.{}", reason.as_str()),
+            Counter::MessageViolation(direction, violation) => {
+                format!("message_violations.{}.{}", direction.as_str(), violation.as_str())
+            }
+            Counter::ShadowMessageViolation(direction, violation) => {
+                format!("shadow_message_violations.{}.{}", direction.as_str(), violation.as_str())
+            }
         }
     }
 
@@ -177,6 +199,29 @@ fn reason_index(reason: DenyReason) -> usize {
     }
 }
 
+/// Every (direction, rule) pair, in index order.
+fn violations() -> impl Iterator<Item = (Direction, Violation)> {
+    Direction::ALL.into_iter().flat_map(|direction| Violation::ALL.into_iter().map(move |v| (direction, v)))
+}
+
+/// A (direction, rule) pair's place in [`violations`]; matches, so that none can be left out.
+fn violation_index(direction: Direction, violation: Violation) -> usize {
+    let side = match direction {
+        Direction::Client => 0,
+        Direction::Server => VIOLATIONS,
+    };
+    side + match violation {
+        Violation::FrameTooLarge => 0,
+        Violation::MessageTooLarge => 1,
+        Violation::MessageRate => 2,
+        Violation::ByteRate => 3,
+        Violation::Opcode => 4,
+        Violation::Json => 5,
+        Violation::Compressed => 6,
+        Violation::Protocol => 7,
+    }
+}
+
 /// Every counter's full name, in index order, for `stat_prefix`.
 pub fn names(stat_prefix: &str) -> Vec<String> {
     Counter::all().map(|counter| format!("wsgate.{stat_prefix}.{}", counter.suffix())).collect()
@@ -193,7 +238,7 @@ mod tests {
         for (place, counter) in Counter::all().enumerate() {
             assert_eq!(counter.index(), place, "{counter:?}");
         }
-        assert_eq!(Counter::all().count(), FIXED + 2 * REASONS);
+        assert_eq!(Counter::all().count(), FIXED + 2 * REASONS + 4 * VIOLATIONS);
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl<'p> Verdict<'p> {
     }
 }
 
-fn excerpt(value: &[u8]) -> String {
+pub(crate) fn excerpt(value: &[u8]) -> String {
     let cut = value.get(..LOG_EXCERPT_BYTES).unwrap_or(value);
     // escape_ascii also escapes '"' and '\\', so a value cannot close the quotes around it.
     let mut text = cut.escape_ascii().to_string();

@@ -259,3 +259,94 @@ fn session_with_close_frames_waiting() -> Session {
     session.on_request_headers(&request("/ws", true), || NOW);
     session
 }
+
+fn with_messages(messages: serde_json::Value) -> Arc<Policy> {
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "auth": {"sources": [{"query": "access_token"}], "key_id_header": "x-key-id",
+                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
+        "messages": messages
+    });
+    Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[test]
+fn a_socket_without_message_rules_has_none_of_its_frames_read() {
+    let mut session = session(Some(policy(false)));
+    session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+    session.on_response_headers(&response("101"));
+    assert!(!session.wants_request_body(), "the client's frames are read");
+    assert!(!session.wants_response_body(), "the upstream's frames are read");
+}
+
+#[test]
+fn a_socket_with_message_rules_has_only_the_directions_with_rules_read() {
+    let mut session = session(Some(with_messages(json!({"client": {"max_message_bytes": 8}}))));
+    session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+    session.on_response_headers(&response("101"));
+    assert!(session.wants_request_body());
+    assert!(!session.reads_response_body());
+}
+
+#[test]
+fn an_upgrade_the_upstream_refuses_has_its_body_read_as_no_frames() {
+    let rules = json!({"client": {"max_message_bytes": 8}, "server": {"max_message_bytes": 8}});
+    let mut session = session(Some(with_messages(rules)));
+    session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+    session.on_response_headers(&response("403"));
+    assert!(!session.wants_request_body());
+    assert!(!session.wants_response_body());
+}
+
+#[test]
+fn a_socket_that_breaks_a_rule_is_counted_logged_with_its_identity_and_reset() {
+    let mut session = session(Some(with_messages(json!({"client": {"max_message_bytes": 4}}))));
+    session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+    session.on_response_headers(&response("101"));
+    let within = client_frame(true, 0x1, b"four");
+    assert_eq!(session.on_request_body(&within, within.len(), false, NOW), (Flow::Continue, vec![]));
+    let over = client_frame(true, 0x1, b"fives");
+    let (flow, actions) = session.on_request_body(&over, over.len(), false, NOW);
+    assert_eq!(flow, Flow::Pause);
+    let violation = Counter::MessageViolation(
+        wsgate::messages::Direction::Client,
+        wsgate::messages::Violation::MessageTooLarge,
+    );
+    assert_eq!(counts(&actions), vec![violation]);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Log(Level::Warn, line) if line.contains("identity=\"bot\""))));
+    assert_eq!(actions.last(), Some(&Action::Reset));
+    assert!(!session.wants_request_body(), "a reset socket is read on");
+}
+
+#[test]
+fn the_first_message_and_what_follows_it_are_read_for_the_rules_once_the_credential_verified() {
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "auth": {"sources": [{"first_message": {"token_pointer": "/token", "max_bytes": 1024}}], "key_id_header": "x-key-id",
+                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
+        "messages": {"client": {"opcodes": ["text"]}}
+    });
+    let policy = Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap());
+    let mut within = session(Some(Arc::clone(&policy)));
+    within.on_request_headers(&request("/ws", true), || NOW);
+    within.on_response_headers(&response("101"));
+    let bytes = [auth_message(API_KEY), client_frame(true, 0x1, b"text")].concat();
+    let (flow, actions) = within.on_request_body(&bytes, bytes.len(), false, NOW);
+    assert_eq!(flow, Flow::Continue);
+    let released = client_frame(true, 0x1, b"text");
+    assert!(
+        actions.contains(&Action::ReplaceRequestBody { cut: bytes.len(), keep: released }),
+        "{actions:?}"
+    );
+    let mut over = session(Some(policy));
+    over.on_request_headers(&request("/ws", true), || NOW);
+    over.on_response_headers(&response("101"));
+    let bytes = [auth_message(API_KEY), client_frame(true, 0x2, b"binary")].concat();
+    let (flow, actions) = over.on_request_body(&bytes, bytes.len(), false, NOW);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(actions.last(), Some(&Action::Reset));
+}

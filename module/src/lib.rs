@@ -473,7 +473,12 @@ impl Carrier<'_> {
                         }
                     }
                 }
-                Action::ReplaceRequestBody { cut, keep } => replace_request_body(envoy, cut, &keep),
+                Action::ReplaceRequestBody { cut, keep } => {
+                    replace_body(envoy, (BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY), cut, &keep)
+                }
+                Action::ReplaceResponseBody { cut, keep } => {
+                    replace_body(envoy, (BUFFERED_RESPONSE_BODY, RECEIVED_RESPONSE_BODY), cut, &keep)
+                }
                 // SAFETY (the next two): the stream's pointer, on its worker.
                 Action::ResumeResponse => unsafe {
                     envoy_dynamic_module_callback_http_filter_continue_encoding(envoy)
@@ -580,20 +585,21 @@ fn body_size(envoy: *mut c_void, kind: u32) -> usize {
     unsafe { envoy_dynamic_module_callback_http_get_body_size(envoy, kind) }
 }
 
-/// Replaces the first `cut` bytes of what is held (the buffered body, then the chunk at hand)
-/// with `keep`. Envoy cannot prepend: everything is drained and what goes on is appended to the
-/// chunk at hand, which Envoy sends on after the buffered body (now empty).
-fn replace_request_body(envoy: *mut c_void, cut: usize, keep: &[u8]) {
-    let mut held = body(envoy, BUFFERED_REQUEST_BODY);
-    held.extend(body(envoy, RECEIVED_REQUEST_BODY));
+/// Replaces the first `cut` bytes of what is held of one direction's body (`buffered`, then
+/// the chunk at hand, `received`) with `keep`. Envoy cannot prepend: everything is drained and
+/// what goes on is appended to the chunk at hand, which Envoy sends on after the buffered body
+/// (now empty).
+fn replace_body(envoy: *mut c_void, (buffered, received): (u32, u32), cut: usize, keep: &[u8]) {
+    let mut held = body(envoy, buffered);
+    held.extend(body(envoy, received));
     let mut out = keep.to_vec();
     out.extend_from_slice(held.get(cut..).unwrap_or_default());
-    // SAFETY: the stream's pointer, in its request-body hook.
+    // SAFETY: the stream's pointer, in that direction's body hook.
     unsafe {
-        envoy_dynamic_module_callback_http_drain_body(envoy, BUFFERED_REQUEST_BODY, usize::MAX);
-        envoy_dynamic_module_callback_http_drain_body(envoy, RECEIVED_REQUEST_BODY, usize::MAX);
+        envoy_dynamic_module_callback_http_drain_body(envoy, buffered, usize::MAX);
+        envoy_dynamic_module_callback_http_drain_body(envoy, received, usize::MAX);
         if !out.is_empty() {
-            envoy_dynamic_module_callback_http_append_body(envoy, RECEIVED_REQUEST_BODY, buf(&out));
+            envoy_dynamic_module_callback_http_append_body(envoy, received, buf(&out));
         }
     }
 }
@@ -932,7 +938,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 ) -> u32 {
     on_stream(envoy, filter_ptr, false, |filter| {
         if !filter.session.wants_response_body() {
-            // Every frame from the upstream comes here: no host call unless a socket waits.
+            // Every frame from the upstream comes here: no host call unless a socket waits or
+            // has rules for the upstream's messages.
             return status(filter.session.on_response_body(&[], 0, 0).0);
         }
         let new = body(envoy, RECEIVED_RESPONSE_BODY);
