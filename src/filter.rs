@@ -306,7 +306,7 @@ impl HttpContext for Stream {
     /// message rules.
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> HostAction {
         if !self.session.wants_request_body() {
-            return host_action(self.session.on_request_body(&[], body_size, end_of_stream, 0).0);
+            return host_action(self.session.on_request_body(&[], body_size, end_of_stream, || 0).0);
         }
         // Envoy hands over everything held so far; only what is new is read.
         let held = self.session.request_body_held();
@@ -314,8 +314,8 @@ impl HttpContext for Stream {
             0 => Vec::new(),
             new => self.get_http_request_body(held, new).unwrap_or_default(),
         };
-        let now = milliseconds(self.get_current_time());
-        let (flow, actions) = self.session.on_request_body(&new, body_size, end_of_stream, now);
+        let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
+        let (flow, actions) = self.session.on_request_body(&new, body_size, end_of_stream, clock);
         carry_out(self.id, &self.sockets, &self.counters, actions);
         host_action(flow)
     }
@@ -339,8 +339,8 @@ impl HttpContext for Stream {
             _ if !self.session.reads_response_body() => Vec::new(),
             new => self.get_http_response_body(held, new).unwrap_or_default(),
         };
-        let now = milliseconds(self.get_current_time());
-        let (flow, actions) = self.session.on_response_body(&new, body_size, now);
+        let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
+        let (flow, actions) = self.session.on_response_body(&new, body_size, clock);
         carry_out(self.id, &self.sockets, &self.counters, actions);
         host_action(flow)
     }

@@ -455,6 +455,11 @@ impl Inspector {
         self.direction
     }
 
+    /// Whether [`Inspector::feed`] reads its time: only for the rates.
+    pub fn needs_time(&self) -> bool {
+        self.messages.is_some() || self.bytes.is_some()
+    }
+
     /// Takes the next bytes that the host holds, at `now_ms`: what to let go on, or the rule
     /// the socket broke (the host then ends it; nothing of these bytes goes on).
     pub fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<Release, Violation> {

@@ -279,21 +279,23 @@ impl Session {
 
     /// The client's next bytes: `new` are the ones after [`Session::request_body_held`], and
     /// `held` how many the host holds now, these included (`end_of_stream`: no more will come).
+    /// `clock` gives the time in milliseconds since the Unix epoch; it is read only when needed
+    /// (asking the host is a call across the VM boundary, which every frame would pay).
     pub fn on_request_body(
         &mut self,
         new: &[u8],
         held: usize,
         end_of_stream: bool,
-        now: u64,
+        clock: impl Fn() -> u64,
     ) -> (Flow, Vec<Action<'static>>) {
         if self.refused {
             return (Flow::Pause, Vec::new());
         }
         if self.awaiting.is_none() {
-            return self.inspect(Direction::Client, new, held, now);
+            return self.inspect(Direction::Client, new, held, &clock);
         }
         self.held = held;
-        self.read_first_message(new, end_of_stream, now)
+        self.read_first_message(new, end_of_stream, clock())
     }
 
     /// Reads `bytes`, the ones just come in `direction`, for the message rules; the host holds
@@ -303,12 +305,13 @@ impl Session {
         direction: Direction,
         bytes: &[u8],
         held: usize,
-        now: u64,
+        clock: &dyn Fn() -> u64,
     ) -> (Flow, Vec<Action<'static>>) {
         let Some(inspection) = self.inspection.as_deref_mut() else { return (Flow::Continue, Vec::new()) };
         let Some(inspector) = inspection.inspector(direction).as_mut() else {
             return (Flow::Continue, Vec::new());
         };
+        let now = if inspector.needs_time() { clock() } else { 0 };
         match inspector.feed(bytes, now) {
             Ok(Release::All) => (Flow::Continue, Vec::new()),
             Ok(Release::Replace(keep)) => {
@@ -318,7 +321,7 @@ impl Session {
                 };
                 (Flow::Continue, vec![replace])
             }
-            Err(violation) => self.violated(direction, violation, now),
+            Err(violation) => self.violated(direction, violation, clock()),
         }
     }
 
@@ -398,7 +401,7 @@ impl Session {
                     // message too, when it is forwarded.
                     let upstream =
                         [keep.as_slice(), awaiting.reader.held().get(cut..).unwrap_or_default()].concat();
-                    let (flow, inspected) = self.inspect(Direction::Client, &upstream, held, now);
+                    let (flow, inspected) = self.inspect(Direction::Client, &upstream, held, &|| now);
                     if flow == Flow::Pause {
                         return (flow, inspected);
                     }
@@ -485,11 +488,17 @@ impl Session {
     /// (only where [`Session::reads_response_body`]; others take none), `held` how many the host
     /// holds now, these included. Read for the message rules; held while the socket waits for
     /// its first message, within the policy's bound.
-    pub fn on_response_body(&mut self, new: &[u8], held: usize, now: u64) -> (Flow, Vec<Action<'static>>) {
+    /// `clock` as for [`Session::on_request_body`].
+    pub fn on_response_body(
+        &mut self,
+        new: &[u8],
+        held: usize,
+        clock: impl Fn() -> u64,
+    ) -> (Flow, Vec<Action<'static>>) {
         if self.refused {
             return (Flow::Pause, Vec::new());
         }
-        let (flow, mut actions) = self.inspect(Direction::Server, new, held, now);
+        let (flow, mut actions) = self.inspect(Direction::Server, new, held, &clock);
         if flow == Flow::Pause {
             return (flow, actions);
         }
@@ -513,7 +522,7 @@ impl Session {
                 (Flow::Pause, actions)
             }
             Err(reason) => {
-                actions.extend(self.refuse_and_reset(&awaiting, reason, now));
+                actions.extend(self.refuse_and_reset(&awaiting, reason, clock()));
                 (Flow::Pause, actions)
             }
         }

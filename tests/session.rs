@@ -153,9 +153,9 @@ fn a_first_message_in_pieces_is_held_until_complete_then_released_without_its_cr
     let mut session = waiting();
     let message = auth_message(API_KEY);
     let (first, rest) = message.split_at(5);
-    assert_eq!(session.on_request_body(first, 5, false, NOW), (Flow::Pause, vec![]));
+    assert_eq!(session.on_request_body(first, 5, false, || NOW), (Flow::Pause, vec![]));
     assert_eq!(session.request_body_held(), 5);
-    let (flow, actions) = session.on_request_body(rest, message.len(), false, NOW + 10);
+    let (flow, actions) = session.on_request_body(rest, message.len(), false, || NOW + 10);
     assert_eq!(flow, Flow::Continue);
     assert!(
         actions.contains(&Action::ReplaceRequestBody { cut: message.len(), keep: vec![] }),
@@ -174,7 +174,7 @@ fn trailers_on_a_waiting_socket_end_it_and_release_nothing() {
     assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageMissing)]);
     assert!(!actions.iter().any(|a| matches!(a, Action::ReplaceRequestBody { .. })));
     assert_eq!(
-        session.on_request_body(b"more", 4, false, NOW).0,
+        session.on_request_body(b"more", 4, false, || NOW).0,
         Flow::Pause,
         "a refused socket stays stopped"
     );
@@ -184,13 +184,13 @@ fn trailers_on_a_waiting_socket_end_it_and_release_nothing() {
 fn the_upstreams_bytes_wait_for_the_credential_within_their_bound() {
     let mut session = waiting();
     assert_eq!(session.on_response_headers(&response("101")), vec![]);
-    assert_eq!(session.on_response_body(&[], 16, NOW), (Flow::Pause, vec![]));
+    assert_eq!(session.on_response_body(&[], 16, || NOW), (Flow::Pause, vec![]));
     let message = auth_message(API_KEY);
-    let (_, actions) = session.on_request_body(&message, message.len(), false, NOW);
+    let (_, actions) = session.on_request_body(&message, message.len(), false, || NOW);
     assert!(actions.contains(&Action::ResumeResponse), "{actions:?}");
 
     let mut session = waiting();
-    let (flow, actions) = session.on_response_body(&[], 17, NOW);
+    let (flow, actions) = session.on_response_body(&[], 17, || NOW);
     assert_eq!(flow, Flow::Pause);
     assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageUpstreamTooLarge)]);
     assert_eq!(actions.last(), Some(&Action::Reset));
@@ -233,13 +233,13 @@ fn a_socket_closed_at_its_time_gets_a_close_frame_only_between_the_upstreams_fra
     };
     let frame = b"\x81\x05hello";
     let mut between = open();
-    between.on_response_body(frame, frame.len(), NOW);
+    between.on_response_body(frame, frame.len(), || NOW);
     let actions = between.on_close_due(CloseReason::MaxAge, NOW + 60_000);
     let close = wsgate::frames::close_frame(1008, "wsgate: closed_max_age");
     assert_eq!(actions[..2], [Action::CloseFrame(close), Action::Reset]);
 
     let mut inside = open();
-    inside.on_response_body(&frame[..4], 4, NOW);
+    inside.on_response_body(&frame[..4], 4, || NOW);
     assert_eq!(inside.on_close_due(CloseReason::MaxAge, NOW + 60_000).first(), Some(&Action::Reset));
 }
 
@@ -305,9 +305,9 @@ fn a_socket_that_breaks_a_rule_is_counted_logged_with_its_identity_and_reset() {
     session.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
     session.on_response_headers(&response("101"));
     let within = client_frame(true, 0x1, b"four");
-    assert_eq!(session.on_request_body(&within, within.len(), false, NOW), (Flow::Continue, vec![]));
+    assert_eq!(session.on_request_body(&within, within.len(), false, || NOW), (Flow::Continue, vec![]));
     let over = client_frame(true, 0x1, b"fives");
-    let (flow, actions) = session.on_request_body(&over, over.len(), false, NOW);
+    let (flow, actions) = session.on_request_body(&over, over.len(), false, || NOW);
     assert_eq!(flow, Flow::Pause);
     let violation = Counter::MessageViolation(
         wsgate::messages::Direction::Client,
@@ -335,7 +335,7 @@ fn the_first_message_and_what_follows_it_are_read_for_the_rules_once_the_credent
     within.on_request_headers(&request("/ws", true), || NOW);
     within.on_response_headers(&response("101"));
     let bytes = [auth_message(API_KEY), client_frame(true, 0x1, b"text")].concat();
-    let (flow, actions) = within.on_request_body(&bytes, bytes.len(), false, NOW);
+    let (flow, actions) = within.on_request_body(&bytes, bytes.len(), false, || NOW);
     assert_eq!(flow, Flow::Continue);
     let released = client_frame(true, 0x1, b"text");
     assert!(
@@ -346,7 +346,7 @@ fn the_first_message_and_what_follows_it_are_read_for_the_rules_once_the_credent
     over.on_request_headers(&request("/ws", true), || NOW);
     over.on_response_headers(&response("101"));
     let bytes = [auth_message(API_KEY), client_frame(true, 0x2, b"binary")].concat();
-    let (flow, actions) = over.on_request_body(&bytes, bytes.len(), false, NOW);
+    let (flow, actions) = over.on_request_body(&bytes, bytes.len(), false, || NOW);
     assert_eq!(flow, Flow::Pause);
     assert_eq!(actions.last(), Some(&Action::Reset));
 }

@@ -33,6 +33,11 @@ pub enum Variant {
     /// The same configuration in a second Envoy, where no socket waits: the other side of that
     /// line. Not in [`Variant::ALL`].
     WsgateNoneWaiting,
+    /// wsgate's configuration with a realistic set of message rules: for the cost per message.
+    /// Not in [`Variant::ALL`].
+    WsgateRules,
+    /// The same, as a dynamic module. Not in [`Variant::ALL`].
+    WsgateModuleRules,
 }
 
 impl Variant {
@@ -60,6 +65,8 @@ impl Variant {
             Variant::WsgateModule => "wsgate-module",
             Variant::WsgateWaiting => "wsgate-waiting",
             Variant::WsgateNoneWaiting => "wsgate-none-waiting",
+            Variant::WsgateRules => "wsgate-rules",
+            Variant::WsgateModuleRules => "wsgate-module-rules",
         }
     }
 }
@@ -120,6 +127,35 @@ pub fn wsgate_config(inputs: &Inputs) -> Result<String, BoxError> {
     })
     .to_string())
 }
+
+/// The benchmark's wsgate configuration with the message rules a chat service would set: sizes,
+/// rates well above the load's, text only, and a JSON type among three; or
+/// `BENCH_MESSAGE_RULES` (JSON), to measure others.
+fn rules_config(inputs: &Inputs) -> Result<String, BoxError> {
+    let mut config: serde_json::Value = serde_json::from_str(&wsgate_config(inputs)?)?;
+    let policy = config.as_object_mut().ok_or("the benchmark's wsgate configuration is no object")?;
+    let rules = match std::env::var("BENCH_MESSAGE_RULES") {
+        Ok(rules) => serde_json::from_str(&rules)?,
+        Err(_) => RULES.clone(),
+    };
+    policy.insert("messages".into(), rules);
+    Ok(config.to_string())
+}
+
+/// The rule set of [`Variant::WsgateRules`].
+pub static RULES: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+    serde_json::json!({
+        "client": {
+            "max_frame_bytes": 65536,
+            "max_message_bytes": 262144,
+            "messages_per_second": 100000, "message_burst": 100000,
+            "bytes_per_second": 100000000,
+            "opcodes": ["text"],
+            "json": {"pointer": "/type", "one_of": ["join", "say", "leave"]}
+        },
+        "server": {"max_message_bytes": 1048576}
+    })
+});
 
 /// The path whose sockets wait for their first message under [`Variant::WsgateWaiting`].
 pub const WAITING_PATH: &str = "/wait";
@@ -224,6 +260,8 @@ fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<
         Variant::WsgateWaiting | Variant::WsgateNoneWaiting => {
             wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &waiting_config(inputs)?)?
         }
+        Variant::WsgateRules => wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &rules_config(inputs)?)?,
+        Variant::WsgateModuleRules => module_filter(&inputs.wsgate_module, &rules_config(inputs)?)?,
     };
     // HTTP/2 extended CONNECT only where sockets are held that way: the other variants keep the
     // HTTP/1.1 codec their figures were always measured with.
@@ -423,6 +461,12 @@ pub fn process_cpu_ns(pid: u32) -> u64 {
 
 impl Envoy {
     /// The value of one of Envoy's stats, if it has it.
+    /// The sum of every counter whose name holds `part` (either build's names).
+    pub fn stat_sum(&self, part: &str) -> u64 {
+        let answer = admin_get(&self.admin, &format!("/stats?filter={part}")).unwrap_or_default();
+        answer.lines().filter_map(|line| line.rsplit_once(": ")?.1.trim().parse::<u64>().ok()).sum()
+    }
+
     pub fn stat(&self, name: &str) -> Option<u64> {
         let answer = admin_get(&self.admin, &format!("/stats?filter=^{}$", name.replace('.', "\\."))).ok()?;
         answer.lines().find_map(|line| line.strip_prefix(&format!("{name}: ")))?.trim().parse().ok()

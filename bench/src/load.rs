@@ -162,11 +162,21 @@ async fn handshake(envoy: SocketAddr, request: &[u8], buf: &mut Vec<u8>) -> Resu
 /// A masked client frame (RFC 6455 section 5.2) carrying `len` bytes of binary data.
 fn masked_frame(len: u16) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x82, 0x80 | 126];
+    let mut frame = vec![0x81, 0x80 | 126];
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&mask);
-    frame.extend((0..len).map(|i| (i as u8) ^ mask.get(usize::from(i) % 4).copied().unwrap_or(0)));
+    frame.extend(chat_message(len).iter().zip(mask.iter().cycle()).map(|(byte, key)| byte ^ key));
     frame
+}
+
+/// A chat message of `len` bytes: `{"type":"say","text":"xxx..."}`, as a rule set reads it.
+fn chat_message(len: u16) -> Vec<u8> {
+    let head = br#"{"type":"say","text":""#;
+    let fill = usize::from(len).saturating_sub(head.len() + 2);
+    let mut message = head.to_vec();
+    message.extend(std::iter::repeat_n(b'x', fill));
+    message.extend_from_slice(b"\"}");
+    message
 }
 
 /// An open WebSocket and the bytes read past what was consumed.
@@ -189,7 +199,7 @@ pub async fn open_sockets(envoy: SocketAddr, connections: usize, handshake_reque
     join_all(opening).await.into_iter().flatten().collect()
 }
 
-/// Until `until`, sends a `size`-byte binary message on each socket and waits for its echo.
+/// Until `until`, sends a `size`-byte text message (JSON) on each socket and waits for its echo.
 /// Counts echoed messages.
 pub async fn messages(sockets: &mut [Socket], until: Instant, size: u16) -> Outcome {
     let frame = masked_frame(size);
@@ -212,7 +222,7 @@ pub async fn messages(sockets: &mut [Socket], until: Instant, size: u16) -> Outc
                     _ => break,
                 }
             }
-            if buf.len() < echo_len || buf.first() != Some(&0x82) {
+            if buf.len() < echo_len || buf.first() != Some(&0x81) {
                 outcome.failed += 1;
                 break;
             }

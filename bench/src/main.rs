@@ -338,6 +338,14 @@ fn run() -> Result<bool, BoxError> {
         false => Vec::new(),
     };
 
+    let rules = match only.is_empty() || report::RULES_TITLE.to_lowercase().contains(&only) {
+        true => {
+            eprintln!("{}", report::RULES_TITLE);
+            measure_rules(&runtime, &envoys, &inputs, upstream, &settings, &traffic)?
+        }
+        false => Vec::new(),
+    };
+
     let after_rounds: Vec<(Variant, u64)> =
         envoys.iter().map(|envoy| (envoy.variant, envoy.rss_kib())).collect();
     drop(envoys);
@@ -354,7 +362,8 @@ fn run() -> Result<bool, BoxError> {
     }
     let module_bytes = std::fs::metadata(&inputs.wsgate_wasm)?.len();
     let settings_line = settings_line(&settings, started.elapsed());
-    let text = report::render(&results, &waiting, &memory, &after_rounds, module_bytes, &settings_line);
+    let text =
+        report::render(&results, &waiting, &rules, &memory, &after_rounds, module_bytes, &settings_line);
     println!("{}", text.markdown);
     if let Some(path) = &settings.report {
         std::fs::write(path, &text.markdown)?;
@@ -401,6 +410,48 @@ fn measure_waiting(
         rounds.push((without, with));
     }
     runtime.block_on(async move { drop(held) });
+    Ok(rounds)
+}
+
+/// 1 KiB messages through each build without message rules (the Envoys of the main rounds) and
+/// with [`envoy::RULES`] (two more), in interleaved rounds; each round's figures in the order of
+/// [`report::RULES_VARIANTS`].
+fn measure_rules(
+    runtime: &tokio::runtime::Runtime,
+    envoys: &[Envoy],
+    inputs: &Inputs,
+    upstream: SocketAddr,
+    settings: &Settings,
+    traffic: &Traffic,
+) -> Result<Vec<Vec<Measure>>, BoxError> {
+    let extra = [Variant::WsgateRules, Variant::WsgateModuleRules]
+        .into_iter()
+        .map(|variant| Envoy::start(variant, inputs, upstream, settings.envoy_core))
+        .collect::<Result<Vec<_>, _>>()?;
+    let find = |variant: Variant| envoys.iter().chain(&extra).find(|envoy| envoy.variant == variant);
+    let measured: Vec<&Envoy> = report::RULES_VARIANTS.iter().filter_map(|variant| find(*variant)).collect();
+    if measured.len() != report::RULES_VARIANTS.len() {
+        return Err("an Envoy of the message rules' line is missing".into());
+    }
+    let duration = Duration::from_secs_f64(settings.seconds);
+    for envoy in &measured {
+        runtime.block_on(measure(envoy, Workload::Messages, settings, traffic, duration / 3));
+    }
+    let mut rounds = Vec::new();
+    for _ in 0..settings.rounds {
+        let round = measured
+            .iter()
+            .map(|envoy| runtime.block_on(measure(envoy, Workload::Messages, settings, traffic, duration)))
+            .collect();
+        rounds.push(round);
+    }
+    // The messages kept the rules: no socket was ended, so each one was read through them.
+    for envoy in &extra {
+        let refused = envoy.stat_sum("message_violations");
+        if refused > 0 {
+            return Err(format!("{}: {refused} sockets broke a message rule", envoy.variant).into());
+        }
+    }
     Ok(rounds)
 }
 

@@ -205,9 +205,17 @@ struct Line {
 /// The title of the line on ordinary requests while sockets wait for their first message.
 pub const WAITING_TITLE: &str = "Ordinary GET while 10,000 sockets wait for their first message";
 
+/// The title of the message rules' line.
+pub const RULES_TITLE: &str = "1 KiB messages under a realistic rule set";
+
+/// The Envoys of that line, in the order of each round's figures.
+pub const RULES_VARIANTS: [Variant; 4] =
+    [Variant::Wsgate, Variant::WsgateRules, Variant::WsgateModule, Variant::WsgateModuleRules];
+
 pub fn render(
     results: &Results,
     waiting: &[(Measure, Measure)],
+    rules: &[Vec<Measure>],
     memory: &[Memory],
     after_rounds: &[(Variant, u64)],
     module_bytes: u64,
@@ -401,9 +409,53 @@ pub fn render(
         }
     }
 
+    if !rules.is_empty() {
+        rules_table(&mut out, rules);
+    }
+
     let _ = writeln!(out, "\n## Every workload");
     for &workload in &measured {
         workload_table(&mut out, results, workload);
     }
     Rendered { markdown: out, all_met: lines.iter().all(|line| line.met) }
+}
+
+/// The message rules' line: per build, messages per second with rules over without, and the
+/// user CPU each message costs more; medians over rounds, and every round.
+fn rules_table(out: &mut String, rounds: &[Vec<Measure>]) {
+    let rules = std::env::var("BENCH_MESSAGE_RULES")
+        .unwrap_or_else(|_| serde_json::to_string(&*crate::envoy::RULES).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "\n## {RULES_TITLE}\n\nThe messages workload (1 KiB text messages, `{{\"type\":\"say\",...}}`, echoed) through each build without message rules and with these, in interleaved rounds:\n\n```json\n{rules}\n```\n\n| build | messages/s, no rules | with rules | ratio | user CPU µs per message, no rules | with rules | added |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    for (name, without, with) in [("wasm", 0, 1), ("native", 2, 3)] {
+        let pick = |index: usize, figure: fn(&Measure) -> f64| -> f64 {
+            median(rounds.iter().filter_map(|round| round.get(index).map(figure)).collect())
+        };
+        let ratio = median(
+            rounds
+                .iter()
+                .filter_map(|round| Some(round.get(with)?.per_second / round.get(without)?.per_second))
+                .collect(),
+        );
+        let added = median(
+            rounds
+                .iter()
+                .filter_map(|round| Some(round.get(with)?.user_us - round.get(without)?.user_us))
+                .collect(),
+        );
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | {:.0} | {ratio:.3} | {:.2} | {:.2} | {added:.2} |",
+            pick(without, |m| m.per_second),
+            pick(with, |m| m.per_second),
+            pick(without, |m| m.user_us),
+            pick(with, |m| m.user_us),
+        );
+    }
 }

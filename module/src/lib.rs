@@ -890,11 +890,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 ) -> u32 {
     on_stream(envoy, filter_ptr, false, |filter| {
         if !filter.session.wants_request_body() {
-            return status(filter.session.on_request_body(&[], 0, end_of_stream, 0).0);
+            return status(filter.session.on_request_body(&[], 0, end_of_stream, || 0).0);
         }
         let new = body(envoy, RECEIVED_REQUEST_BODY);
         let held = body_size(envoy, BUFFERED_REQUEST_BODY) + new.len();
-        let (flow, actions) = filter.session.on_request_body(&new, held, end_of_stream, now_ms());
+        let (flow, actions) = filter.session.on_request_body(&new, held, end_of_stream, now_ms);
         filter.split().1.carry_out(envoy, actions);
         status(flow)
     })
@@ -940,11 +940,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
         if !filter.session.wants_response_body() {
             // Every frame from the upstream comes here: no host call unless a socket waits or
             // has rules for the upstream's messages.
-            return status(filter.session.on_response_body(&[], 0, 0).0);
+            return status(filter.session.on_response_body(&[], 0, || 0).0);
         }
         let new = body(envoy, RECEIVED_RESPONSE_BODY);
         let held = body_size(envoy, BUFFERED_RESPONSE_BODY) + new.len();
-        let (flow, actions) = filter.session.on_response_body(&new, held, now_ms());
+        let (flow, actions) = filter.session.on_response_body(&new, held, now_ms);
         filter.split().1.carry_out(envoy, actions);
         status(flow)
     })
