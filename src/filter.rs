@@ -15,7 +15,7 @@ use crate::headers::Response;
 use crate::logs::LogLimiter;
 use crate::policy::Policy;
 use crate::request::Request;
-use crate::session::{self, Action, Flow, Level, Loaded, Session};
+use crate::session::{self, Action, Flow, Level, Loaded, Note, Session};
 use crate::sockets::OpenSockets;
 use crate::stats::Counter;
 use crate::token::remote::MAX_BODY_BYTES;
@@ -172,8 +172,18 @@ impl RootContext for Root {
         for (stream, reason) in due {
             // A stream with no callback in flight can be reset from here, acting as its context;
             // Envoy offers no way to send it a WebSocket close frame (README, "Sockets that end").
-            if hostcalls::set_effective_context(stream).is_ok() && hostcalls::reset_http_request().is_ok() {
-                count_and_log(&self.counters, session::closed(&self.logs, reason, now));
+            if hostcalls::set_effective_context(stream).is_err() {
+                continue;
+            }
+            let actions = session::closed(&self.logs, reason, now);
+            // The notes go on the stream before the reset logs it.
+            for action in &actions {
+                if let Action::Note(note, value) = action {
+                    note_for_access_log(*note, value);
+                }
+            }
+            if hostcalls::reset_http_request().is_ok() {
+                count_and_log(&self.counters, actions);
             }
         }
         count_and_log(&self.counters, session::left_out_line(&self.logs, now).into_iter().collect());
@@ -253,8 +263,15 @@ fn carry_out(id: u32, sockets: &RefCell<OpenSockets>, counters: &Counters, actio
                     sockets.forget(id);
                 }
             }
+            Action::Note(note, value) => note_for_access_log(note, &value),
         }
     }
+}
+
+/// Filter state `wasm.wsgate_<note>` of the stream whose context is in effect, which Envoy's
+/// access log reads as `%FILTER_STATE(wasm.wsgate_<note>:PLAIN)%`.
+fn note_for_access_log(note: Note, value: &str) {
+    let _ = hostcalls::set_property(vec![&format!("wsgate_{}", note.as_str())], Some(value.as_bytes()));
 }
 
 fn edit_request(edit: RequestEdit<'_>) {

@@ -103,10 +103,10 @@ impl FirstMessageRule {
 
     /// What the shell does with the held bytes once `message` verified: with `forward`, nothing;
     /// otherwise the message's frames are cut out and the pings and pongs among them kept.
-    pub(crate) fn release(&self, message: Message, close: Option<Close>) -> Step {
+    pub(crate) fn release(&self, message: Message, close: Option<Close>, identity: Option<String>) -> Step {
         match self.forward {
-            true => Step::Release { cut: 0, keep: Vec::new(), close },
-            false => Step::Release { cut: message.end, keep: message.control_frames, close },
+            true => Step::Release { cut: 0, keep: Vec::new(), close, identity },
+            false => Step::Release { cut: message.end, keep: message.control_frames, close, identity },
         }
     }
 
@@ -185,8 +185,9 @@ pub enum Step {
     /// Hold what has arrived: the message is not complete yet.
     Hold,
     /// The credential verified. Replace the first `cut` bytes held with `keep`, then let the
-    /// stream go on; close the socket at `close`, if set.
-    Release { cut: usize, keep: Vec<u8>, close: Option<Close> },
+    /// stream go on; close the socket at `close`, if set. `identity`: whom the credential
+    /// verified as (the subject or the key id).
+    Release { cut: usize, keep: Vec<u8>, close: Option<Close>, identity: Option<String> },
     /// Close the socket; the upstream gets none of the held bytes.
     Refuse(DenyReason),
 }

@@ -494,8 +494,9 @@ impl Policy {
             .credential(&message)
             .and_then(|credential| auth.verify_first_message(&credential, now / 1000));
         match verified {
-            Ok(expiry) => {
-                rule.release(message, Close::earliest(rules.expiry_close(expiry), awaiting.max_age_at))
+            Ok((identity, expiry)) => {
+                let close = Close::earliest(rules.expiry_close(expiry), awaiting.max_age_at);
+                rule.release(message, close, identity)
             }
             Err(reason) => Step::Refuse(reason),
         }
@@ -522,13 +523,20 @@ impl Policy {
         let now_ms = clock();
         let [client, server] =
             Direction::ALL.map(|direction| Inspector::new(messages, direction, !shadow, now_ms));
-        let context = format!(
-            "policy={} {} identity=\"{}\"",
-            rules.name,
-            request_fields(request),
-            rules.identity(edits)
-        );
+        let identity = rules.identity(edits).map_or_else(|| "-".to_string(), |id| excerpt(id.as_bytes()));
+        let context = format!("policy={} {} identity=\"{identity}\"", rules.name, request_fields(request));
         Some(Inspection { client, server, shadow, context })
+    }
+
+    /// The name of the policy that decided (`plan`), and whom `verdict` admitted: the subject or
+    /// the key id it forwards.
+    pub fn describe(&self, plan: ResponsePlan, verdict: &Verdict<'_>) -> (Option<&str>, Option<String>) {
+        let Some(rules) = self.rules(plan.applies) else { return (None, None) };
+        let identity = match verdict {
+            Verdict::Admit(edits) => rules.identity(edits),
+            _ => None,
+        };
+        (Some(rules.name.as_str()), identity)
     }
 
     /// The key set fetches due at `now`, each with its index for [`Policy::keys_fetched`].
@@ -702,17 +710,9 @@ impl Rules {
         }
     }
 
-    /// The verified identity that `edits` forward, for log lines: the first identity header's
-    /// value (the subject or the key id), or `-`.
-    fn identity(&self, edits: &[RequestEdit<'_>]) -> String {
-        let Some(auth) = &self.auth else { return "-".to_string() };
-        let forwarded = edits.iter().find_map(|edit| match edit {
-            RequestEdit::Set(name, value) if auth.identity_headers().any(|header| header == *name) => {
-                Some(value)
-            }
-            _ => None,
-        });
-        forwarded.map_or_else(|| "-".to_string(), |value| excerpt(value))
+    /// The verified identity that `edits` forward: the subject or the key id.
+    fn identity(&self, edits: &[RequestEdit<'_>]) -> Option<String> {
+        self.auth.as_ref().and_then(|auth| auth.identity(edits))
     }
 
     /// Removes the client's compression offer from an admitted handshake, where the policy

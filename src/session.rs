@@ -65,6 +65,38 @@ pub enum Action<'p> {
     CloseAt(Close),
     /// The socket no longer needs closing at a set time.
     KeepOpen,
+    /// Record this about the stream where Envoy's access log can read it (never a credential).
+    Note(Note, String),
+}
+
+/// What wsgate records about a decided stream for Envoy's access log: filter state
+/// `wasm.wsgate_<name>` in the wasm build, dynamic metadata `wsgate:<name>` in the native one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// The policy that decided.
+    Policy,
+    /// `allowed`, `denied`, `awaiting_first_message`, `shadow_allowed`, `shadow_denied`.
+    Decision,
+    /// Why it was refused (the `denied.<reason>` counter's reason).
+    Reason,
+    /// Whom the credential verified as: the subject, or the API key's id.
+    Identity,
+    /// Why wsgate ended an admitted socket.
+    Close,
+}
+
+impl Note {
+    pub const ALL: [Note; 5] = [Note::Policy, Note::Decision, Note::Reason, Note::Identity, Note::Close];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Note::Policy => "policy",
+            Note::Decision => "decision",
+            Note::Reason => "reason",
+            Note::Identity => "identity",
+            Note::Close => "close",
+        }
+    }
 }
 
 /// A configuration as it loaded: the policy and what to log and count, or why it was refused.
@@ -221,6 +253,7 @@ impl Session {
         if let Some(counter) = Counter::for_verdict(&verdict) {
             actions.push(Action::Count(counter, 1));
         }
+        actions.extend(notes(policy, plan, &verdict));
         if let Some(policy) = policy {
             let (hits, misses) = policy.take_cache_counts();
             for (counter, count) in
@@ -356,6 +389,7 @@ impl Session {
         if self.closing {
             actions.push(self.close_at(None));
         }
+        actions.push(Action::Note(Note::Close, format!("{}_{}", direction.as_str(), violation.as_str())));
         actions.push(Action::Count(Counter::MessageViolation(direction, violation), 1));
         // The upstream's bytes of this event, if they are what broke the rule, go no further:
         // the client is where the ones before left it.
@@ -393,9 +427,10 @@ impl Session {
                 self.awaiting = Some(awaiting);
                 (Flow::Pause, Vec::new())
             }
-            Step::Release { cut, keep, close } => {
+            Step::Release { cut, keep, close, identity } => {
                 let held = std::mem::take(&mut self.held);
-                let mut actions = Vec::new();
+                let mut actions = vec![Action::Note(Note::Decision, "allowed".to_string())];
+                actions.extend(identity.map(|identity| Action::Note(Note::Identity, identity)));
                 if self.inspects(Direction::Client) {
                     // What goes on to the upstream is read for the message rules: the auth
                     // message too, when it is forwarded.
@@ -537,10 +572,12 @@ impl Session {
         let between_frames = self.awaiting.is_some() || self.server.between_frames();
         let mut actions: Vec<Action<'static>> =
             self.close_frame(reason.as_str()).filter(|_| between_frames).into_iter().collect();
+        // What `closed` says goes first: its note must be on the stream before the reset logs it.
+        let after = if self.awaiting.is_none() { closed(&self.logs, reason, now) } else { Vec::new() };
+        let (notes, rest): (Vec<_>, Vec<_>) = after.into_iter().partition(|a| matches!(a, Action::Note(..)));
+        actions.extend(notes);
         actions.push(Action::Reset);
-        if self.awaiting.is_none() {
-            actions.extend(closed(&self.logs, reason, now));
-        }
+        actions.extend(rest);
         actions
     }
 
@@ -582,7 +619,11 @@ impl Session {
     /// Counts and logs a socket refused after its handshake. The caller resets it.
     fn refuse(&mut self, awaiting: &Awaiting, reason: DenyReason, now: u64) -> Vec<Action<'static>> {
         self.refused = true;
-        let mut actions = vec![self.close_at(None)];
+        let mut actions = vec![
+            self.close_at(None),
+            Action::Note(Note::Decision, "denied".to_string()),
+            Action::Note(Note::Reason, reason.as_str().to_string()),
+        ];
         if let Some(line) = self.logs.admit_with(|| awaiting.log_line(reason), now) {
             actions.push(Action::Log(Level::Warn, line));
         }
@@ -591,11 +632,36 @@ impl Session {
     }
 }
 
+/// What the access log gets of a decided request: the policy, the decision, why it was refused
+/// and whom it admitted. Nothing for a request that is not decided (an ordinary one).
+fn notes(policy: Option<&Policy>, plan: ResponsePlan, verdict: &Verdict<'_>) -> Vec<Action<'static>> {
+    let (decision, reason) = match verdict {
+        Verdict::Pass(_) => return Vec::new(),
+        Verdict::Admit(_) => ("allowed", None),
+        Verdict::Await { .. } => ("awaiting_first_message", None),
+        Verdict::Deny(denial) => ("denied", Some(denial.reason)),
+        Verdict::ShadowAdmit(_) => ("shadow_allowed", None),
+        Verdict::ShadowDeny(denial, _) => ("shadow_denied", Some(denial.reason)),
+    };
+    let (name, identity) = policy.map(|policy| policy.describe(plan, verdict)).unwrap_or_default();
+    [
+        name.map(|name| (Note::Policy, name.to_string())),
+        Some((Note::Decision, decision.to_string())),
+        reason.map(|reason| (Note::Reason, reason.as_str().to_string())),
+        identity.map(|identity| (Note::Identity, identity)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(note, value)| Action::Note(note, value))
+    .collect()
+}
+
 /// What follows the reset of an admitted socket whose time came (`reason`) at `now`: for a host
 /// that resets streams from its own timer, by their ids, without their sessions at hand.
 pub fn closed(logs: &LogLimiter, reason: CloseReason, now: u64) -> Vec<Action<'static>> {
     let mut actions = Vec::new();
     let Some(counter) = Counter::for_close(reason) else { return actions };
+    actions.push(Action::Note(Note::Close, reason.as_str().to_string()));
     if let Some(line) = logs.admit_with(|| format!("admitted socket closed: reason={}", reason.as_str()), now)
     {
         actions.push(Action::Log(Level::Warn, line));

@@ -22,19 +22,15 @@ const TEXT: u8 = 0x1;
 const MORE: u8 = 0x0;
 
 fn config(messages: serde_json::Value, extra: serde_json::Value) -> String {
+    let mut jwt = support::hs256_jwt();
+    jwt["claims_to_headers"] = json!([{"claim": "sub", "header": "x-wsgate-subject"}]);
     let mut config = json!({
         "stat_prefix": "msg",
         "allowed_origins": ["https://app.example.com"],
         "require_tls": false,
         "auth": {
             "sources": [{"query": "access_token"}],
-            "jwt": {
-                "algorithms": ["HS256"],
-                "jwks": {"keys": [{"kty": "oct", "kid": "hmac-env", "k_env": "WSGATE_TEST_HS_SECRET"}]},
-                "issuers": ["https://issuer.example"],
-                "audiences": ["chat"],
-                "claims_to_headers": [{"claim": "sub", "header": "x-wsgate-subject"}]
-            }
+            "jwt": jwt
         },
         "messages": messages
     });

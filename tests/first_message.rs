@@ -146,7 +146,10 @@ fn a_partial_message_is_held_and_the_whole_one_releases_the_stream_without_it() 
     let (first, rest) = bytes.split_at(10);
     assert_eq!(read(&policy, &mut waiting, first, 10), Step::Hold);
     let step = read(&policy, &mut waiting, rest, 20);
-    assert_eq!(step, Step::Release { cut: bytes.len(), keep: ping, close: None });
+    assert_eq!(
+        step,
+        Step::Release { cut: bytes.len(), keep: ping, close: None, identity: Some("u".to_string()) }
+    );
 }
 
 #[test]
@@ -154,7 +157,10 @@ fn with_forward_nothing_is_cut() {
     let policy = policy(json!({"forward": true}), json!({}));
     let mut waiting = awaiting(&policy);
     let step = read(&policy, &mut waiting, &auth(&valid_token()), 10);
-    assert_eq!(step, Step::Release { cut: 0, keep: Vec::new(), close: None });
+    assert_eq!(
+        step,
+        Step::Release { cut: 0, keep: Vec::new(), close: None, identity: Some("u".to_string()) }
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use common::client_frame;
 use wsgate::logs::LogLimiter;
-use wsgate::session::{Action, Flow, Level, Loaded, Session};
+use wsgate::session::{Action, Flow, Level, Loaded, Note, Session};
 use wsgate::sockets::{Close, CloseReason};
 use wsgate::stats::Counter;
 use wsgate::{DenyReason, Policy, Request, RequestEdit, Response};
@@ -132,7 +132,7 @@ fn an_admitted_socket_closes_at_its_maximum_age_once_the_upstream_accepted_it() 
     let close = Close { at: NOW + 60_000, reason: CloseReason::MaxAge };
     assert!(session.on_response_headers(&response("101")).contains(&Action::CloseAt(close)));
     let due = session.on_close_due(CloseReason::MaxAge, NOW + 60_000);
-    assert_eq!(due.first(), Some(&Action::Reset));
+    assert_eq!(due[..2], [Action::Note(Note::Close, "closed_max_age".to_string()), Action::Reset]);
     assert_eq!(counts(&due), vec![Counter::for_close(CloseReason::MaxAge).unwrap()]);
 }
 
@@ -236,11 +236,16 @@ fn a_socket_closed_at_its_time_gets_a_close_frame_only_between_the_upstreams_fra
     between.on_response_body(frame, frame.len(), || NOW);
     let actions = between.on_close_due(CloseReason::MaxAge, NOW + 60_000);
     let close = wsgate::frames::close_frame(1008, "wsgate: closed_max_age");
-    assert_eq!(actions[..2], [Action::CloseFrame(close), Action::Reset]);
+    assert_eq!(
+        actions[..2],
+        [Action::CloseFrame(close), Action::Note(Note::Close, "closed_max_age".to_string())]
+    );
+    assert_eq!(actions.get(2), Some(&Action::Reset));
 
     let mut inside = open();
     inside.on_response_body(&frame[..4], 4, || NOW);
-    assert_eq!(inside.on_close_due(CloseReason::MaxAge, NOW + 60_000).first(), Some(&Action::Reset));
+    let actions = inside.on_close_due(CloseReason::MaxAge, NOW + 60_000);
+    assert!(!actions.iter().any(|action| matches!(action, Action::CloseFrame(_))), "{actions:?}");
 }
 
 #[test]
@@ -349,4 +354,29 @@ fn the_first_message_and_what_follows_it_are_read_for_the_rules_once_the_credent
     let (flow, actions) = over.on_request_body(&bytes, bytes.len(), false, || NOW);
     assert_eq!(flow, Flow::Pause);
     assert_eq!(actions.last(), Some(&Action::Reset));
+}
+
+#[test]
+fn a_decided_handshake_leaves_its_policy_decision_and_identity_for_the_access_log() {
+    let mut admitted = session(Some(policy(false)));
+    let (_, actions) =
+        admitted.on_request_headers(&request(&format!("/ws?access_token={API_KEY}"), true), || NOW);
+    let notes: Vec<&Action<'_>> = actions.iter().filter(|a| matches!(a, Action::Note(..))).collect();
+    assert_eq!(
+        notes,
+        [
+            &Action::Note(Note::Policy, "default".to_string()),
+            &Action::Note(Note::Decision, "allowed".to_string()),
+            &Action::Note(Note::Identity, "bot".to_string()),
+        ]
+    );
+    let mut refused = session(Some(policy(false)));
+    let (_, actions) = refused.on_request_headers(&request("/ws?access_token=nope", true), || NOW);
+    let reply = actions.iter().position(|a| matches!(a, Action::Reply(_))).unwrap();
+    let reason = Action::Note(Note::Reason, "api_key_invalid".to_string());
+    assert!(actions[..reply].contains(&reason), "the reason is noted before the reply: {actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Note(_, value) if value.contains("nope"))));
+    let mut ordinary = session(Some(policy(false)));
+    let (_, actions) = ordinary.on_request_headers(&request("/", false), || NOW);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Note(..))), "an ordinary request is noted");
 }

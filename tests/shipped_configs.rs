@@ -345,3 +345,29 @@ fn envoy_refuses_an_rsa_key_over_max_rsa_bits_and_names_the_field() {
     let output = validate_yaml(&bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), free_port()));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn the_two_access_log_examples_log_the_same_fields_each_the_way_its_build_records_them() {
+    let read = |name: &str| std::fs::read_to_string(repo().join("envoy/access-log").join(name)).unwrap();
+    let (wasm, native) = (read("wasm.yaml"), read("native.yaml"));
+    let lines = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect()
+    };
+    let native_as_wasm: Vec<String> = lines(&native)
+        .iter()
+        .map(|line| {
+            let Some((head, note)) = line.split_once("%DYNAMIC_METADATA(wsgate:") else {
+                return line.clone();
+            };
+            format!("{head}%FILTER_STATE(wasm.wsgate_{}", note.replacen(")%", ":PLAIN)%", 1))
+        })
+        .collect();
+    assert_eq!(native_as_wasm, lines(&wasm));
+    for note in wsgate::session::Note::ALL {
+        assert!(wasm.contains(&format!(
+            "wsgate_{}: \"%FILTER_STATE(wasm.wsgate_{}:PLAIN)%\"",
+            note.as_str(),
+            note.as_str()
+        )));
+    }
+}

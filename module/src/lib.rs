@@ -141,6 +141,14 @@ extern "C" {
     ) -> bool;
     fn envoy_dynamic_module_callback_http_drain_body(filter: *mut c_void, kind: u32, bytes: usize) -> bool;
     fn envoy_dynamic_module_callback_http_append_body(filter: *mut c_void, kind: u32, data: Buf) -> bool;
+    // Declared without its result (in some versions a bool, in others none): either way the
+    // three buffers are passed as (pointer, length) pairs, and nothing is read back.
+    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+        filter: *mut c_void,
+        namespace: Buf,
+        key: Buf,
+        value: Buf,
+    );
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: *mut c_void);
     fn envoy_dynamic_module_callback_http_send_response_data(
         filter: *mut c_void,
@@ -512,6 +520,15 @@ impl Carrier<'_> {
                         closing.sockets.forget(self.id);
                     }
                 }
+                // SAFETY: the stream's pointer, on its worker; the buffers live across the call.
+                Action::Note(note, value) => unsafe {
+                    envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+                        envoy,
+                        buf(b"wsgate"),
+                        buf(note.as_str().as_bytes()),
+                        buf(value.as_bytes()),
+                    );
+                },
             }
         }
     }

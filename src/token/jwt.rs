@@ -156,6 +156,11 @@ impl JwtVerifier {
         self.claims_to_headers.iter().map(|(_, header)| header.as_str())
     }
 
+    /// The header that `claims_to_headers` forwards `sub` in, if it does.
+    pub fn subject_header(&self) -> Option<&str> {
+        self.claims_to_headers.iter().find(|(claim, _)| claim == "sub").map(|(_, header)| header.as_str())
+    }
+
     /// Verifies `token` at `now` (seconds since the Unix epoch); returns its claims.
     pub fn verify(&self, token: &[u8], now: u64) -> Result<Claims, DenyReason> {
         if token.len() > self.max_bytes {

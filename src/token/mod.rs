@@ -215,10 +215,30 @@ impl Auth {
         Ok(Checked::Verified { edits, expiry })
     }
 
-    /// Verifies a credential from the first message at `now` (seconds); returns a JWT's expiry.
-    /// The identity is not forwarded: the handshake went on before the message arrived.
-    pub fn verify_first_message(&self, credential: &[u8], now: u64) -> Result<Option<u64>, DenyReason> {
-        self.verify(credential, now).map(|(_, expiry)| expiry)
+    /// Verifies a credential from the first message at `now` (seconds); returns the identity
+    /// ([`Auth::identity`]) and a JWT's expiry. The identity is not forwarded: the handshake went
+    /// on before the message arrived.
+    pub fn verify_first_message(
+        &self,
+        credential: &[u8],
+        now: u64,
+    ) -> Result<(Option<String>, Option<u64>), DenyReason> {
+        let (headers, expiry) = self.verify(credential, now)?;
+        let edits: Vec<RequestEdit<'_>> =
+            headers.into_iter().map(|(header, value)| RequestEdit::Set(header, value)).collect();
+        Ok((self.identity(&edits), expiry))
+    }
+
+    /// The verified identity among a handshake's edits, for logs, the access log and limits:
+    /// the subject (`sub`, where `claims_to_headers` forwards it) or the API key's id.
+    pub fn identity(&self, edits: &[RequestEdit<'_>]) -> Option<String> {
+        let subject = self.jwt.as_ref().and_then(JwtVerifier::subject_header);
+        edits.iter().find_map(|edit| match edit {
+            RequestEdit::Set(name, value) if Some(*name) == subject || *name == self.key_id_header => {
+                String::from_utf8(value.clone()).ok()
+            }
+            _ => None,
+        })
     }
 
     /// Every identity header wsgate sets for this `auth` (`key_id_header`, `claims_to_headers`).
