@@ -129,6 +129,25 @@ pub struct PolicyConfig {
     /// `strip` when `messages` is set, which reads frames only uncompressed.
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// Sockets open at once per verified identity and per client, across the workers of one
+    /// Envoy. Defaults to no limit.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+}
+
+/// `limits`: how many sockets may be open at once under this policy.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Per verified identity: the subject (`sub`, forwarded by `claims_to_headers`) or the API
+    /// key's id. Defaults to no limit.
+    #[serde(default)]
+    pub max_sockets_per_identity: Option<u32>,
+    /// Per client: the downstream address as Envoy resolved it (never a raw
+    /// `x-forwarded-for`). Defaults to no limit.
+    #[serde(default)]
+    pub max_sockets_per_client: Option<u32>,
 }
 
 /// `messages`: the rules for each direction of an admitted socket.

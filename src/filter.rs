@@ -12,6 +12,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::headers::Response;
+use crate::limits::{Places, SharedStore};
 use crate::logs::LogLimiter;
 use crate::policy::Policy;
 use crate::request::Request;
@@ -31,9 +32,33 @@ proxy_wasm::main! {{
             fetches: Vec::new(),
             sockets: Rc::default(),
             logs: Arc::default(),
+            places: Arc::new(Places::new(Box::new(SharedData), vm_id())),
         })
     });
 }}
+
+/// Proxy-wasm's shared data: one store for every VM of the same `vm_id` in this Envoy, across
+/// its workers.
+struct SharedData;
+
+impl SharedStore for SharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, u32) {
+        match hostcalls::get_shared_data(key) {
+            Ok((value, version)) => (value, version.unwrap_or(0)),
+            Err(_) => (None, 0),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], version: u32) -> bool {
+        hostcalls::set_shared_data(key, Some(value), (version != 0).then_some(version)).is_ok()
+    }
+}
+
+/// A number for this VM that no other VM of the Envoy has: random (WASI's `random_get`).
+fn vm_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(0u8)
+}
 
 /// One per plugin configuration and VM. Holds the compiled policy, shared with every stream.
 struct Root {
@@ -48,6 +73,8 @@ struct Root {
     sockets: Rc<RefCell<OpenSockets>>,
     /// How many refusal lines this VM may write, shared with the streams.
     logs: Arc<LogLimiter>,
+    /// This VM's sockets under the policies' `limits`, shared with the streams.
+    places: Arc<Places>,
 }
 
 fn seconds(time: SystemTime) -> u64 {
@@ -187,6 +214,7 @@ impl RootContext for Root {
             }
         }
         count_and_log(&self.counters, session::left_out_line(&self.logs, now).into_iter().collect());
+        self.places.refresh(now);
         let _ = hostcalls::set_effective_context(self.id);
     }
 
@@ -195,7 +223,8 @@ impl RootContext for Root {
             id: context_id,
             sockets: Rc::clone(&self.sockets),
             counters: Rc::clone(&self.counters),
-            session: Session::new(self.policy.clone(), Arc::clone(&self.logs)),
+            session: Session::new(self.policy.clone(), Arc::clone(&self.logs))
+                .with_places(Arc::clone(&self.places)),
         }))
     }
 
@@ -313,6 +342,10 @@ impl HttpContext for Stream {
         let tls = self.session.needs_transport(&request)
             && self.get_property(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty());
         let request = request.with_tls(tls);
+        let client =
+            self.session.needs_client(&request).then(|| self.get_property(vec!["source", "address"]));
+        let request =
+            request.with_client(client.flatten().and_then(|address| String::from_utf8(address).ok()));
         let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
         let (flow, actions) = self.session.on_request_headers(&request, clock);
         carry_out(self.id, &self.sockets, &self.counters, actions);

@@ -31,6 +31,7 @@ pub mod error;
 pub mod first_message;
 pub mod frames;
 pub mod headers;
+pub mod limits;
 pub mod logs;
 pub mod messages;
 pub mod origin;

@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 use crate::first_message::{Awaiting, Step};
 use crate::headers::{has_header_key, header_key};
 use crate::headers::{HeaderEdit, Response, ResponseHeaders};
+use crate::limits::{client_key, identity_key, Limits, Places};
 use crate::messages::{Direction, Inspection, Inspector, MessageRules};
 use crate::origin::{Origin, OriginAllowList};
 use crate::request::Request;
@@ -25,6 +26,9 @@ use crate::verdict::{
     INSECURE_TRANSPORT_BODY, INSECURE_TRANSPORT_STATUS, JWKS_UNAVAILABLE_BODY, JWKS_UNAVAILABLE_STATUS,
     NO_POLICY_BODY, NO_POLICY_MATCHED_BODY, NO_POLICY_MATCHED_STATUS, NO_POLICY_STATUS, UNAUTHORIZED_BODY,
 };
+use crate::verdict::{
+    TOO_MANY_SOCKETS_PER_CLIENT_BODY, TOO_MANY_SOCKETS_PER_IDENTITY_BODY, TOO_MANY_SOCKETS_STATUS,
+};
 
 /// A configuration checked and compiled for use on the request path: the policies, how to
 /// choose between them, and the counters' names.
@@ -32,6 +36,8 @@ use crate::verdict::{
 pub struct Policy {
     /// Every counter's full name, in [`crate::stats::Counter::index`] order.
     stat_names: Vec<String>,
+    /// The configuration's `stat_prefix`: it also names its socket counts in shared data.
+    stat_prefix: String,
     selector: Selector,
     /// The policies of `policies`, in order.
     scoped: Vec<Rules>,
@@ -67,6 +73,8 @@ pub struct Rules {
     messages: Option<MessageRules>,
     /// Whether the client's compression offer is removed from the handshake.
     strip_compression: bool,
+    /// Sockets per identity and per client.
+    limits: Option<Limits>,
 }
 
 /// Which policy applies to a request and its response.
@@ -251,6 +259,7 @@ impl Policy {
         match (selector, errors.is_empty()) {
             (Some(selector), true) => Ok(Policy {
                 stat_names: crate::stats::names(prefix),
+                stat_prefix: prefix.clone(),
                 selector,
                 scoped,
                 default,
@@ -528,6 +537,76 @@ impl Policy {
         Some(Inspection { client, server, shadow, context })
     }
 
+    /// Whether the host must give the client's address ([`Request::with_client`]) to decide
+    /// `request`: only an upgrade, where a policy limits sockets per client; asking costs a
+    /// host call.
+    pub fn needs_client(&self, request: &Request) -> bool {
+        request.is_upgrade() && self.limits_clients()
+    }
+
+    /// Whether a policy limits sockets per client: the client is then the address Envoy
+    /// resolved, which a client can choose unless the connection manager has
+    /// `use_remote_address` (for checkers' advice).
+    pub fn limits_clients(&self) -> bool {
+        self.all_rules().any(|rules| rules.limits.is_some_and(|limits| limits.per_client.is_some()))
+    }
+
+    /// Takes the places an admitted socket needs under its policy's `limits` (`clock` read only
+    /// then, in milliseconds): per client when its handshake is given (`request`), per identity
+    /// when it has one. The keys taken, to give back when the socket ends; or why it is
+    /// refused, with nothing taken.
+    pub fn take_places(
+        &self,
+        plan: ResponsePlan,
+        request: Option<&Request>,
+        identity: Option<&str>,
+        places: Option<&Places>,
+        clock: &dyn Fn() -> u64,
+    ) -> Result<Vec<String>, DenyReason> {
+        let Some((rules, limits)) = self.rules(plan.applies).and_then(|rules| Some((rules, rules.limits?)))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut wanted = Vec::new();
+        if let (Some(limit), Some(request)) = (limits.per_client, request) {
+            // No address to count by is refused rather than not counted.
+            let address = request.client().ok_or(DenyReason::TooManySocketsPerClient)?;
+            let key = client_key(&self.stat_prefix, &rules.name, address);
+            wanted.push((key, limit, DenyReason::TooManySocketsPerClient));
+        }
+        if let (Some(limit), Some(identity)) = (limits.per_identity, identity) {
+            let key = identity_key(&self.stat_prefix, &rules.name, identity);
+            wanted.push((key, limit, DenyReason::TooManySocketsPerIdentity));
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Nothing to count in is refused rather than not counted.
+        let Some(places) = places else { return Err(wanted.first().map_or(DenyReason::NoPolicy, |w| w.2)) };
+        let now = clock();
+        let mut taken: Vec<String> = Vec::new();
+        for (key, limit, reason) in wanted {
+            if !places.take(&key, limit, now) {
+                for key in &taken {
+                    places.give_back(key, now);
+                }
+                return Err(reason);
+            }
+            taken.push(key);
+        }
+        Ok(taken)
+    }
+
+    /// The refusal of `reason` under the policy that decided `plan`.
+    pub fn refusal(&self, plan: ResponsePlan, reason: DenyReason, request: &Request) -> Denial<'_> {
+        let mut denial = match self.rules(plan.applies) {
+            Some(rules) => rules.denial(reason),
+            None => unruled_denial(reason),
+        };
+        denial.scrub = self.scrub(request);
+        denial
+    }
+
     /// The name of the policy that decided (`plan`), and whom `verdict` admitted: the subject or
     /// the key id it forwards.
     pub fn describe(&self, plan: ResponsePlan, verdict: &Verdict<'_>) -> (Option<&str>, Option<String>) {
@@ -596,6 +675,15 @@ fn compile_messages(
     Ok((messages, strip))
 }
 
+/// `limits`, compiled. Shadow mode decides nothing a limit could refuse.
+fn compile_limits(config: &PolicyConfig, auth: Option<&Auth>) -> Result<Option<Limits>, ConfigError> {
+    let Some(limits) = &config.limits else { return Ok(None) };
+    if config.mode == Mode::Shadow {
+        return Err(ConfigError::new("limits", "cannot be tried in shadow mode: use enforce"));
+    }
+    Limits::compile(limits, auth.is_some_and(Auth::has_identity)).map(Some)
+}
+
 impl Rules {
     /// Compiles one policy. Its parts (origins, `deny_status`, `response_headers`, `auth`) are
     /// independent, so each reports its first error: a checker shows them all at once.
@@ -628,6 +716,7 @@ impl Rules {
         let auth = config.auth.as_ref().map(|auth| Auth::compile(auth, env)).transpose();
         let also_check = also_check::compile(&config.also_check);
         let messages = compile_messages(&config, first_message);
+        let limits = compile_limits(&config, auth.as_ref().ok().and_then(Option::as_ref));
         let closing = if config.close_on_expiry && config.auth.as_ref().and_then(|a| a.jwt.as_ref()).is_none()
         {
             Err(ConfigError::new("close_on_expiry", "needs auth.jwt: only a JWT has an expiry"))
@@ -640,7 +729,7 @@ impl Rules {
         } else {
             Ok(())
         };
-        match (origins, deny_status, response_headers, auth, closing, also_check, messages) {
+        match (origins, deny_status, response_headers, auth, closing, also_check, (messages, limits)) {
             (
                 Ok(origins),
                 Ok(deny_status),
@@ -648,7 +737,7 @@ impl Rules {
                 Ok(auth),
                 Ok(()),
                 Ok(also_check),
-                Ok((messages, strip_compression)),
+                (Ok((messages, strip_compression)), Ok(limits)),
             ) => Ok(Rules {
                 name,
                 mode: config.mode,
@@ -666,8 +755,9 @@ impl Rules {
                 also_check,
                 messages,
                 strip_compression,
+                limits,
             }),
-            (origins, deny_status, response_headers, auth, closing, also_check, messages) => Err([
+            (origins, deny_status, response_headers, auth, closing, also_check, (messages, limits)) => Err([
                 origins.err(),
                 deny_status.err(),
                 response_headers.err(),
@@ -675,6 +765,7 @@ impl Rules {
                 closing.err(),
                 also_check.err(),
                 messages.err(),
+                limits.err(),
             ]
             .into_iter()
             .flatten()
@@ -883,6 +974,17 @@ impl Rules {
                 status: self.auth.as_ref().map_or(401, Auth::deny_status),
                 body: UNAUTHORIZED_BODY,
                 challenge: Some(CHALLENGE_INVALID),
+                policy: &self.name,
+                scrub: Vec::new(),
+            },
+            DenyReason::TooManySocketsPerIdentity | DenyReason::TooManySocketsPerClient => Denial {
+                reason,
+                status: TOO_MANY_SOCKETS_STATUS,
+                body: match reason {
+                    DenyReason::TooManySocketsPerIdentity => TOO_MANY_SOCKETS_PER_IDENTITY_BODY,
+                    _ => TOO_MANY_SOCKETS_PER_CLIENT_BODY,
+                },
+                challenge: None,
                 policy: &self.name,
                 scrub: Vec::new(),
             },

@@ -8,11 +8,24 @@
 pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
     tls: bool,
+    /// The downstream address as Envoy resolved it, when the host was asked for it.
+    client: Option<String>,
 }
 
 impl Request {
     pub fn new(headers: Vec<(String, Vec<u8>)>) -> Request {
-        Request { headers, tls: false }
+        Request { headers, tls: false, client: None }
+    }
+
+    /// Records the downstream address (`ip:port`) as Envoy resolved it: its connection's peer,
+    /// or what the connection manager's `use_remote_address` and `xff_num_trusted_hops` made of
+    /// `x-forwarded-for`; never a header the filter reads itself.
+    pub fn with_client(self, address: Option<String>) -> Request {
+        Request { client: address, ..self }
+    }
+
+    pub fn client(&self) -> Option<&str> {
+        self.client.as_deref()
     }
 
     /// Records whether the downstream connection is TLS, as the host knows it. Not `:scheme`:

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::first_message::{Awaiting, Step};
 use crate::frames::{close_frame, Boundary};
 use crate::headers::{HeaderEdit, Response};
+use crate::limits::Places;
 use crate::logs::{LogLimiter, LINES_PER_SECOND};
 use crate::messages::{Direction, Inspection, Release, Violation};
 use crate::policy::{decide_and_plan, respond, Policy, ResponsePlan};
@@ -185,6 +186,10 @@ pub struct Session {
     server: Boundary,
     /// The reading of an admitted socket's messages, under a policy with message rules.
     inspection: Option<Box<Inspection>>,
+    /// Where this VM counts its sockets under the policies' `limits`.
+    places: Option<Arc<Places>>,
+    /// The places this socket took, given back when it ends.
+    taken: Vec<String>,
     /// How many of the upstream's bytes the host holds (while the first message is awaited).
     response_held: usize,
 }
@@ -208,7 +213,22 @@ impl Session {
             server: Boundary::default(),
             inspection: None,
             response_held: 0,
+            places: None,
+            taken: Vec::new(),
         }
+    }
+
+    /// A session that counts its socket under the policies' `limits` in `places` (without them,
+    /// a handshake under a limit is refused: there is nothing to count it in).
+    pub fn with_places(mut self, places: Arc<Places>) -> Session {
+        self.places = Some(places);
+        self
+    }
+
+    /// Whether the host must tell [`Session::on_request_headers`] the client's address
+    /// ([`Request::with_client`]): asking costs a host call that most requests need not pay.
+    pub fn needs_client(&self, request: &Request) -> bool {
+        self.policy.as_deref().is_some_and(|policy| policy.needs_client(request))
     }
 
     /// A session whose host can write to the client of an upgraded stream: sockets that wsgate
@@ -239,8 +259,17 @@ impl Session {
         clock: impl Fn() -> u64,
     ) -> (Flow, Vec<Action<'_>>) {
         let policy = self.policy.as_deref();
-        let (verdict, plan) = decide_and_plan(policy, request, &clock);
+        let (mut verdict, plan) = decide_and_plan(policy, request, &clock);
         self.plan = plan;
+        if let (Some(policy), Verdict::Admit(_) | Verdict::Await { .. }) = (policy, &verdict) {
+            // An admitted socket takes its places under the policy's limits, or is refused.
+            let identity = policy.describe(plan, &verdict).1;
+            match policy.take_places(plan, Some(request), identity.as_deref(), self.places.as_deref(), &clock)
+            {
+                Ok(taken) => self.taken = taken,
+                Err(reason) => verdict = Verdict::Deny(policy.refusal(plan, reason, request)),
+            }
+        }
         self.inspection =
             policy.and_then(|policy| policy.inspection(plan, request, &verdict, &clock)).map(Box::new);
         let mut actions = Vec::new();
@@ -428,6 +457,17 @@ impl Session {
                 (Flow::Pause, Vec::new())
             }
             Step::Release { cut, keep, close, identity } => {
+                // Now that it has an identity, the socket counts under it too.
+                match policy.take_places(
+                    self.plan,
+                    None,
+                    identity.as_deref(),
+                    self.places.as_deref(),
+                    &|| now,
+                ) {
+                    Ok(taken) => self.taken.extend(taken),
+                    Err(reason) => return (Flow::Pause, self.refuse_and_reset(&awaiting, reason, now)),
+                }
                 let held = std::mem::take(&mut self.held);
                 let mut actions = vec![Action::Note(Note::Decision, "allowed".to_string())];
                 actions.extend(identity.map(|identity| Action::Note(Note::Identity, identity)));
@@ -583,6 +623,11 @@ impl Session {
 
     /// The stream ended. A socket still waiting was closed by its timer or left by its client.
     pub fn on_done(&mut self, now: u64) -> Vec<Action<'static>> {
+        if let Some(places) = &self.places {
+            for key in std::mem::take(&mut self.taken) {
+                places.give_back(&key, now);
+            }
+        }
         let mut actions = Vec::new();
         if self.closing {
             actions.push(self.close_at(None));

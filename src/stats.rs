@@ -196,6 +196,8 @@ fn reason_index(reason: DenyReason) -> usize {
         DenyReason::PathAmbiguous => 22,
         DenyReason::HostAmbiguous => 23,
         DenyReason::FirstMessageUpstreamTooLarge => 24,
+        DenyReason::TooManySocketsPerIdentity => 25,
+        DenyReason::TooManySocketsPerClient => 26,
     }
 }
 

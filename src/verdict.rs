@@ -135,6 +135,10 @@ pub enum DenyReason {
     /// The upgrade's host is not one host: readings of it (a trailing dot, `*.` over several
     /// labels as in Envoy's virtual hosts) choose different policies.
     HostAmbiguous,
+    /// The verified identity has `limits.max_sockets_per_identity` sockets open already.
+    TooManySocketsPerIdentity,
+    /// The client's address has `limits.max_sockets_per_client` sockets open already.
+    TooManySocketsPerClient,
 }
 
 /// The status of the reply to [`DenyReason::NoPolicy`].
@@ -163,6 +167,13 @@ pub const JWKS_UNAVAILABLE_BODY: &str = "Service Unavailable: the token issuer's
 pub const CHALLENGE: &str = "Bearer realm=\"wsgate\"";
 /// The challenge when a credential was presented and refused.
 pub const CHALLENGE_INVALID: &str = "Bearer realm=\"wsgate\", error=\"invalid_token\"";
+/// The status of the reply to a handshake over a socket limit.
+pub const TOO_MANY_SOCKETS_STATUS: u16 = 429;
+/// The bodies of those replies.
+pub const TOO_MANY_SOCKETS_PER_IDENTITY_BODY: &str =
+    "Too Many Requests: too many sockets open for this identity";
+pub const TOO_MANY_SOCKETS_PER_CLIENT_BODY: &str =
+    "Too Many Requests: too many sockets open from this client";
 /// The content type of every local reply.
 pub const REPLY_CONTENT_TYPE: &str = "text/plain";
 
@@ -171,7 +182,7 @@ const LOG_EXCERPT_BYTES: usize = 256;
 
 impl DenyReason {
     /// Every reason, in a fixed order (stat names are made from it).
-    pub const ALL: [DenyReason; 25] = [
+    pub const ALL: [DenyReason; 27] = [
         DenyReason::OriginNotAllowed,
         DenyReason::OriginMissing,
         DenyReason::OriginNull,
@@ -197,6 +208,8 @@ impl DenyReason {
         DenyReason::PathAmbiguous,
         DenyReason::HostAmbiguous,
         DenyReason::FirstMessageUpstreamTooLarge,
+        DenyReason::TooManySocketsPerIdentity,
+        DenyReason::TooManySocketsPerClient,
     ];
 
     /// The word for this reason in logs (and, later, in stat names).
@@ -227,6 +240,8 @@ impl DenyReason {
             DenyReason::PathAmbiguous => "path_ambiguous",
             DenyReason::HostAmbiguous => "host_ambiguous",
             DenyReason::FirstMessageUpstreamTooLarge => "first_message_upstream_too_large",
+            DenyReason::TooManySocketsPerIdentity => "too_many_sockets_per_identity",
+            DenyReason::TooManySocketsPerClient => "too_many_sockets_per_client",
         }
     }
 }

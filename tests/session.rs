@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use common::client_frame;
+use wsgate::limits::{MemoryStore, Places};
 use wsgate::logs::LogLimiter;
 use wsgate::session::{Action, Flow, Level, Loaded, Note, Session};
 use wsgate::sockets::{Close, CloseReason};
@@ -379,4 +380,59 @@ fn a_decided_handshake_leaves_its_policy_decision_and_identity_for_the_access_lo
     let mut ordinary = session(Some(policy(false)));
     let (_, actions) = ordinary.on_request_headers(&request("/", false), || NOW);
     assert!(!actions.iter().any(|a| matches!(a, Action::Note(..))), "an ordinary request is noted");
+}
+
+#[test]
+fn a_socket_whose_credential_came_in_its_first_message_counts_under_that_identity() {
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "auth": {"sources": [{"first_message": {"token_pointer": "/token", "max_bytes": 1024}}], "key_id_header": "x-key-id",
+                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
+        "limits": {"max_sockets_per_identity": 1}
+    });
+    let policy = Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap());
+    let places = Arc::new(Places::new(Box::new(MemoryStore::default()), 0));
+    let open = |places: &Arc<Places>| {
+        let mut socket = session(Some(Arc::clone(&policy))).with_places(Arc::clone(places));
+        socket.on_request_headers(&request("/ws", true), || NOW);
+        socket.on_response_headers(&response("101"));
+        let message = auth_message(API_KEY);
+        let (flow, actions) = socket.on_request_body(&message, message.len(), false, || NOW);
+        (socket, flow, actions)
+    };
+    let (mut first, flow, _) = open(&places);
+    assert_eq!(flow, Flow::Continue);
+    let (_, flow, actions) = open(&places);
+    assert_eq!(flow, Flow::Pause);
+    assert!(
+        counts(&actions).contains(&Counter::Denied(DenyReason::TooManySocketsPerIdentity)),
+        "{actions:?}"
+    );
+    assert_eq!(actions.last(), Some(&Action::Reset));
+    first.on_done(NOW + 1);
+    assert_eq!(open(&places).1, Flow::Continue, "the place of the ended socket stayed taken");
+}
+
+#[test]
+fn a_handshake_under_a_limit_with_nothing_to_count_in_is_refused() {
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "limits": {"max_sockets_per_client": 5}
+    });
+    let policy = Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap());
+    let mut session = session(Some(policy));
+    let request = request("/ws", true).with_client(Some("10.0.0.1:4000".to_string()));
+    let (flow, actions) = session.on_request_headers(&request, || NOW);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(counts(&actions), [Counter::Denied(DenyReason::TooManySocketsPerClient)]);
+}
+
+#[test]
+fn limits_cannot_be_tried_in_shadow_mode() {
+    let config =
+        json!({"allowed_origins": [ORIGIN], "mode": "shadow", "limits": {"max_sockets_per_client": 5}});
+    let error = Policy::from_json(config.to_string().as_bytes()).unwrap_err();
+    assert!(error.to_string().contains("limits"), "{error}");
 }

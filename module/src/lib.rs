@@ -31,6 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wsgate::headers::HeaderEdit;
+use wsgate::limits::{MemoryStore, Places};
 use wsgate::logs::LogLimiter;
 use wsgate::session::{self, Action, Flow, Level, Loaded, Session};
 use wsgate::sockets::{CloseReason, OpenSockets};
@@ -74,6 +75,8 @@ const CONTINUE: u32 = 0;
 const STOP: u32 = 1;
 // `envoy_dynamic_module_type_attribute_id`: ConnectionTlsVersion, set only on a TLS connection.
 const ATTRIBUTE_TLS_VERSION: u32 = 31;
+// SourceAddress: the downstream address (`ip:port`) as Envoy resolved it.
+const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
 // `envoy_dynamic_module_type_log_level`.
 const LOG_INFO: u32 = 2;
 const LOG_WARN: u32 = 3;
@@ -244,6 +247,9 @@ struct Gate {
     /// Key set fetches under way (Envoy's callout id, the set's index): main thread only.
     fetches: Mutex<Vec<(u64, usize)>>,
     ticker: Mutex<Option<Ticker>>,
+    /// Sockets under the policies' `limits`: one process, so one store and one share for every
+    /// worker.
+    places: Arc<Places>,
 }
 
 /// The module's timer thread, and Envoy's scheduler for the main thread.
@@ -583,6 +589,16 @@ fn edit_request(envoy: *mut c_void, edit: RequestEdit<'_>) {
     }
 }
 
+/// A string attribute of the stream (`envoy_dynamic_module_type_attribute_id`), copied.
+fn attribute(envoy: *mut c_void, id: u32) -> Option<Vec<u8>> {
+    let mut value = EMPTY;
+    // SAFETY: the stream's pointer, in one of its hooks; Envoy's buffer is copied at once.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_get_attribute_string(envoy, id, &mut value)
+            .then(|| bytes(value).to_vec())
+    }
+}
+
 /// Every chunk of one body, copied.
 fn body(envoy: *mut c_void, kind: u32) -> Vec<u8> {
     // SAFETY: the stream's pointer, in a body hook; the chunks are read before any change.
@@ -769,6 +785,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             next_stream: AtomicU32::new(1),
             fetches: Mutex::default(),
             ticker: Mutex::default(),
+            places: Arc::new(Places::new(Box::new(MemoryStore::default()), 0)),
         });
         gate.count_and_log(vec![Action::Count(Counter::ConfigLoads, 1)]);
         start_ticker(&gate);
@@ -861,7 +878,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
         let Some(gate) = (unsafe { (config as *const Arc<Gate>).as_ref() }) else { return std::ptr::null() };
         let filter = Filter {
             gate: Arc::clone(gate),
-            session: Session::new(Some(Arc::clone(&gate.policy)), Arc::clone(&gate.logs)).with_close_frames(),
+            session: Session::new(Some(Arc::clone(&gate.policy)), Arc::clone(&gate.logs))
+                .with_close_frames()
+                .with_places(Arc::clone(&gate.places)),
             id: gate.next_stream.fetch_add(1, Ordering::Relaxed),
             scheduler: None,
         };
@@ -878,18 +897,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 ) -> u32 {
     on_stream(envoy, filter_ptr, true, |filter| {
         let request = Request::new(headers(envoy, REQUEST_HEADERS));
-        let mut tls = EMPTY;
-        // Where the decision needs it. SAFETY: the stream's pointer; the attribute is read at once.
+        // Each only where the decision needs it: asking is a call into Envoy.
         let tls = filter.session.needs_transport(&request)
-            && unsafe {
-                envoy_dynamic_module_callback_http_filter_get_attribute_string(
-                    envoy,
-                    ATTRIBUTE_TLS_VERSION,
-                    &mut tls,
-                )
-            }
-            && tls.len > 0;
+            && attribute(envoy, ATTRIBUTE_TLS_VERSION).is_some_and(|version| !version.is_empty());
         let request = request.with_tls(tls);
+        let client =
+            filter.session.needs_client(&request).then(|| attribute(envoy, ATTRIBUTE_SOURCE_ADDRESS));
+        let client = client.flatten().map(|address| String::from_utf8_lossy(&address).into_owned());
+        let request = request.with_client(client);
         #[cfg(feature = "panic-probe")]
         panic_probe(&request);
         let (session, mut carrier) = filter.split();

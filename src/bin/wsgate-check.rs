@@ -100,6 +100,13 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
              :authority; stripped, a page on the same host's default port would pass for this one"
         );
     }
+    if policy.limits_clients() {
+        println!(
+            "advice:   use_remote_address: true (and xff_num_trusted_hops for each proxy in front)  # \
+             limits.max_sockets_per_client counts the address Envoy resolved; without it Envoy takes that \
+             from x-forwarded-for, which a client writes"
+        );
+    }
     if let Some(handshake) = handshake {
         if handshake.url.is_empty() {
             return Err("--origin, --header and --now go with --url".to_string());

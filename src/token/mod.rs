@@ -229,6 +229,12 @@ impl Auth {
         Ok((self.identity(&edits), expiry))
     }
 
+    /// Whether a verified credential gives an identity ([`Auth::identity`]): API keys, or a JWT
+    /// whose `sub` is forwarded.
+    pub fn has_identity(&self) -> bool {
+        !self.api_keys.is_empty() || self.jwt.as_ref().and_then(JwtVerifier::subject_header).is_some()
+    }
+
     /// The verified identity among a handshake's edits, for logs, the access log and limits:
     /// the subject (`sub`, where `claims_to_headers` forwards it) or the API key's id.
     pub fn identity(&self, edits: &[RequestEdit<'_>]) -> Option<String> {

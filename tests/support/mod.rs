@@ -321,6 +321,11 @@ impl Envoy {
     /// and the listeners port 0: Envoy binds free ports itself, so that no other process can
     /// take a port between its choice and its use; [`Envoy::listener_port`] tells them.
     pub fn start(bootstrap: &str) -> Envoy {
+        Envoy::start_workers(bootstrap, 1)
+    }
+
+    /// [`Envoy::start`] with `workers` worker threads (`--concurrency`).
+    pub fn start_workers(bootstrap: &str, workers: usize) -> Envoy {
         let dir = scratch_dir();
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, bootstrap).unwrap();
@@ -331,7 +336,7 @@ impl Envoy {
             .arg(&config)
             .arg("--admin-address-path")
             .arg(&admin_address)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .args(["--concurrency", &workers.to_string(), "--disable-hot-restart", "-l", "info"])
             // Access logs written to files reach them within 100 ms, not Envoy's default 10 s.
             .args(["--file-flush-interval-msec", "100"])
             // What the wasm build's VMs get in their configuration, the module from the process.
@@ -495,10 +500,25 @@ impl Gate {
         Gate::start_with(&listeners, &[], connection_manager).await
     }
 
+    /// Like [`Gate::start`], with `workers` worker threads, each with its own VM.
+    pub async fn start_workers(plugin_configs: &[&str], workers: usize) -> Gate {
+        let listeners: Vec<_> = plugin_configs.iter().map(|config| (*config, Transport::Plaintext)).collect();
+        Gate::start_on(&listeners, &[], "", workers).await
+    }
+
     async fn start_with(
         listeners: &[(&str, Transport)],
         clusters: &[(&str, SocketAddr)],
         connection_manager: &str,
+    ) -> Gate {
+        Gate::start_on(listeners, clusters, connection_manager, 1).await
+    }
+
+    async fn start_on(
+        listeners: &[(&str, Transport)],
+        clusters: &[(&str, SocketAddr)],
+        connection_manager: &str,
+        workers: usize,
     ) -> Gate {
         let upstream = Recorder::default();
         let upstream_addr = wsgate_echo::start("127.0.0.1:0", upstream.clone()).await.unwrap();
@@ -515,7 +535,8 @@ impl Gate {
                 listener_yaml_with(&format!("listener_{i}"), 0, config, tls, connection_manager)
             })
             .collect();
-        let mut envoy = Envoy::start(&bootstrap_yaml_with(&yaml, upstream_addr, clusters, 0));
+        let mut envoy =
+            Envoy::start_workers(&bootstrap_yaml_with(&yaml, upstream_addr, clusters, 0), workers);
         envoy.also_remove(dir);
         let ports = (0..listeners.len()).map(|i| envoy.listener_port(&format!("listener_{i}"))).collect();
         let loaded = envoy.wsgate_log().iter().filter(|line| line.contains("configuration loaded")).count();
