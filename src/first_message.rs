@@ -120,7 +120,10 @@ impl FirstMessageRule {
 
 fn pointer(text: &str, field: &str) -> Result<Pointer, ConfigError> {
     Pointer::parse(text).ok_or_else(|| {
-        ConfigError::new(field, format!("{text:?} is not a JSON Pointer to a member, such as \"/token\""))
+        ConfigError::new(
+            field,
+            format!("{text:?} is not a JSON Pointer to a member of ASCII names, such as \"/token\""),
+        )
     })
 }
 

@@ -181,9 +181,14 @@ pub enum MessageError {
 pub struct Pointer(Vec<String>);
 
 impl Pointer {
-    /// `/a/b~1c` (`~1` for `/`, `~0` for `~`); `None` for anything else, the whole document
-    /// (`""`) included.
+    /// `/a/b~1c` (`~1` for `/`, `~0` for `~`), of ASCII member names; `None` for anything
+    /// else, the whole document (`""`) included.
     pub fn parse(text: &str) -> Option<Pointer> {
+        // Names are ASCII: a server may fold a member name's case by Unicode rules (Go's
+        // `encoding/json` does), which `has_case_variant` does not model beyond two letters.
+        if !text.is_ascii() {
+            return None;
+        }
         let rest = text.strip_prefix('/')?;
         let names = rest.split('/').map(|name| {
             let valid = name.split('~').skip(1).all(|after| after.starts_with(['0', '1']));

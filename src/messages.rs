@@ -283,7 +283,8 @@ impl DirectionRules {
 impl JsonRule {
     fn compile(config: &JsonRuleConfig, field: &str) -> Result<JsonRule, ConfigError> {
         let pointer = Pointer::parse(&config.pointer).ok_or_else(|| {
-            let problem = format!("{:?} is not a JSON Pointer to a member (\"/type\")", config.pointer);
+            let problem =
+                format!("{:?} is not a JSON Pointer to a member of ASCII names (\"/type\")", config.pointer);
             ConfigError::new(format!("{field}.pointer"), problem)
         })?;
         if config.one_of.is_empty() {
@@ -517,7 +518,9 @@ impl Inspector {
             }
             (Some(from), _) => {
                 self.carry.extend_from_slice(bytes);
-                let kept = self.carry.split_off(from.min(self.carry.len()));
+                // What goes on is taken from the front; the held message stays where it is,
+                // so that a message held over many reads is copied once, not once per read.
+                let out: Vec<u8> = self.carry.drain(..from.min(self.carry.len())).collect();
                 // The payload is bounded by the rule's `max_bytes`; what else is held (frame
                 // headers, pings between fragments) by this much more.
                 let bound = self
@@ -526,10 +529,9 @@ impl Inspector {
                     .as_ref()
                     .map_or(0, |json| json.max_bytes)
                     .saturating_add(HELD_BEYOND_JSON);
-                if kept.len() > bound {
+                if self.carry.len() > bound {
                     return Err(Violation::Json);
                 }
-                let out = std::mem::replace(&mut self.carry, kept);
                 Ok(Release::Replace(out))
             }
         }
@@ -932,6 +934,15 @@ mod tests {
         assert!(socket.feed(&client(false, TEXT, b"{"), 0).is_ok());
         let pings: Vec<u8> = (0..200).flat_map(|_| client(true, PING, &[0; 125])).collect();
         assert_eq!(socket.feed(&pings, 0), Err(Violation::Json));
+    }
+
+    #[test]
+    fn a_json_rule_pointer_names_ascii_members_only() {
+        // A server may fold `AÇÃO` to `ação` by Unicode rules; the rule cannot say which it reads.
+        let config: MessagesConfig =
+            serde_json::from_value(json!({"client": {"json": {"pointer": "/ação", "one_of": ["say"]}}}))
+                .unwrap();
+        assert!(MessageRules::compile(&config, "messages").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::request::Request;
 use crate::sockets::{Close, CloseReason};
 use crate::stats::{Counter, CONFIG_REJECTIONS};
 use crate::token::remote::Fetch;
-use crate::verdict::{Denial, DenyReason, RequestEdit, Verdict};
+use crate::verdict::{excerpt, Denial, DenyReason, RequestEdit, Verdict};
 
 /// Whether the stream goes on after an event, or stops where it is (Envoy keeps what it holds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -408,6 +408,12 @@ impl Session {
         };
         let mut actions: Vec<Action<'static>> =
             self.logs.admit_with(line, now).map(|line| Action::Log(Level::Warn, line)).into_iter().collect();
+        if shadow && violation == Violation::Compressed {
+            // Shadow mode keeps the compression offer that enforcing would remove: a compressed
+            // socket would not be one under enforcement, and its frames cannot be read.
+            *inspection.inspector(direction) = None;
+            return (Flow::Continue, Vec::new());
+        }
         if shadow {
             *inspection.inspector(direction) = None;
             actions.push(Action::Count(Counter::ShadowMessageViolation(direction, violation), 1));
@@ -470,7 +476,9 @@ impl Session {
                 }
                 let held = std::mem::take(&mut self.held);
                 let mut actions = vec![Action::Note(Note::Decision, "allowed".to_string())];
-                actions.extend(identity.map(|identity| Action::Note(Note::Identity, identity)));
+                actions.extend(
+                    identity.map(|identity| Action::Note(Note::Identity, excerpt(identity.as_bytes()))),
+                );
                 if self.inspects(Direction::Client) {
                     // What goes on to the upstream is read for the message rules: the auth
                     // message too, when it is forwarded.
@@ -478,7 +486,10 @@ impl Session {
                         [keep.as_slice(), awaiting.reader.held().get(cut..).unwrap_or_default()].concat();
                     let (flow, inspected) = self.inspect(Direction::Client, &upstream, held, &|| now);
                     if flow == Flow::Pause {
-                        return (flow, inspected);
+                        // Admitted, then ended by a rule in the same read.
+                        actions.push(Action::Count(Counter::Allowed, 1));
+                        actions.extend(inspected);
+                        return (flow, actions);
                     }
                     let replaced =
                         inspected.iter().any(|action| matches!(action, Action::ReplaceRequestBody { .. }));
@@ -693,7 +704,7 @@ fn notes(policy: Option<&Policy>, plan: ResponsePlan, verdict: &Verdict<'_>) -> 
         name.map(|name| (Note::Policy, name.to_string())),
         Some((Note::Decision, decision.to_string())),
         reason.map(|reason| (Note::Reason, reason.as_str().to_string())),
-        identity.map(|identity| (Note::Identity, identity)),
+        identity.map(|identity| (Note::Identity, excerpt(identity.as_bytes()))),
     ]
     .into_iter()
     .flatten()

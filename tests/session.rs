@@ -436,3 +436,25 @@ fn limits_cannot_be_tried_in_shadow_mode() {
     let error = Policy::from_json(config.to_string().as_bytes()).unwrap_err();
     assert!(error.to_string().contains("limits"), "{error}");
 }
+/// A socket admitted by its first message that breaks a message rule in the same read: the
+/// access log keeps decision=awaiting_first_message, no identity, and `allowed` is never
+/// counted (the actions built before `self.inspect` are dropped on its Pause).
+/// FAILS on dd16268.
+#[test]
+fn a_socket_that_breaks_a_rule_right_after_its_first_message_is_noted_allowed_with_its_identity() {
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "auth": {"sources": [{"first_message": {"token_pointer": "/token", "max_bytes": 1024}}], "key_id_header": "x-key-id",
+                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
+        "messages": {"client": {"opcodes": ["text"]}}
+    });
+    let mut socket = session(Some(Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap())));
+    socket.on_request_headers(&request("/ws", true), || NOW);
+    socket.on_response_headers(&response("101"));
+    let bytes = [auth_message(API_KEY), client_frame(true, 0x2, b"binary")].concat();
+    let (flow, actions) = socket.on_request_body(&bytes, bytes.len(), false, || NOW);
+    assert_eq!(flow, Flow::Pause);
+    assert!(actions.contains(&Action::Note(Note::Decision, "allowed".to_string())), "{actions:?}");
+    assert!(actions.contains(&Action::Note(Note::Identity, "bot".to_string())), "{actions:?}");
+}
