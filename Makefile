@@ -86,6 +86,7 @@ build: targets $(WASM_OPT) ## Build both modules (wasm and native) and the demo 
 	cargo build --release -p wsgate --features schema --bin wsgate-check
 	cargo build --release -p wsgate-echo
 	cargo build --release --target wasm32-wasip1 -p wsgate-test-crasher
+	CARGO_TARGET_DIR=target/probe cargo build --release --target wasm32-wasip1 -p wsgate --lib --no-default-features --features panic-probe
 	cargo build --profile module -p wsgate-module
 	cargo build --profile module -p wsgate-test-crasher-module
 	@ls -l $(WASM) $(MODULE)

@@ -54,6 +54,16 @@ impl SharedStore for SharedData {
     }
 }
 
+/// The test build's probe (feature `panic-probe`, never in the shipped module): panics on a
+/// request that asks for it, so that a test can crash this VM.
+#[cfg(feature = "panic-probe")]
+#[allow(clippy::panic)]
+fn panic_probe(request: &crate::Request) {
+    if request.values("x-wsgate-test-panic").next().is_some() {
+        panic!("the test probe panicked on purpose");
+    }
+}
+
 /// A number for this VM that no other VM of the Envoy has: random (WASI's `random_get`).
 fn vm_id() -> u64 {
     use std::hash::{BuildHasher, RandomState};
@@ -346,6 +356,8 @@ impl HttpContext for Stream {
             self.session.needs_client(&request).then(|| self.get_property(vec!["source", "address"]));
         let request =
             request.with_client(client.flatten().and_then(|address| String::from_utf8(address).ok()));
+        #[cfg(feature = "panic-probe")]
+        panic_probe(&request);
         let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
         let (flow, actions) = self.session.on_request_headers(&request, clock);
         carry_out(self.id, &self.sockets, &self.counters, actions);

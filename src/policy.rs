@@ -1003,10 +1003,17 @@ impl Rules {
     fn summary(&self) -> String {
         let auth = self.auth.as_ref().map_or_else(|| "none".to_string(), Auth::summary);
         let messages = self.messages.as_ref().map_or_else(|| "none".to_string(), MessageRules::summary);
+        let limits = match self.limits {
+            None => "none".to_string(),
+            Some(Limits { per_identity, per_client }) => {
+                let show = |limit: Option<u32>| limit.map_or_else(|| "none".to_string(), |n| n.to_string());
+                format!("{} sockets per identity, {} per client", show(per_identity), show(per_client))
+            }
+        };
         format!(
             "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \
              require_tls={}, trust_forwarded_proto={}, {} response headers, also_check={}, \
-             compression={}, messages: {messages}, auth: {auth}",
+             compression={}, limits: {limits}, messages: {messages}, auth: {auth}",
             format!("{:?}", self.mode).to_ascii_lowercase(),
             self.origins.len(),
             format!("{:?}", self.missing_origin).to_ascii_lowercase(),

@@ -105,3 +105,50 @@ async fn the_limit_per_client_counts_the_address_envoy_resolved_not_x_forwarded_
     }
     assert_eq!(stat(&gate, "denied.too_many_sockets_per_client"), Some(2));
 }
+
+#[tokio::test]
+async fn a_crashed_vm_does_not_lock_its_users_out_once_its_shares_expire() {
+    // Only the wasm build has VMs that crash and come back (FAIL_RELOAD); the native build has
+    // one process, whose counts end with it.
+    if support::build() != support::Build::Wasm {
+        return;
+    }
+    let probe = support::repo().join("target/probe/wasm32-wasip1/release/wsgate.wasm");
+    assert!(probe.exists(), "no {}: run the tests with `make test`, which builds it", probe.display());
+    let upstream = wsgate_echo::start("127.0.0.1:0", support::Recorder::default()).await.unwrap();
+    let listener = support::listener_yaml("probe", 0, &config(json!({"max_sockets_per_identity": 1})), None)
+        .replace(&support::wasm_path().display().to_string(), &probe.display().to_string())
+        .replace("failure_policy: FAIL_CLOSED", "failure_policy: FAIL_RELOAD");
+    let envoy = support::Envoy::start_workers(&support::bootstrap_yaml(&[listener], upstream, 0), 2);
+    let port = envoy.listener_port("probe");
+    let connect = || async move { ws_connect(port, &path("alice"), &[ALLOWED]).await };
+    let held = connect().await.expect("the first socket");
+    assert_eq!(connect().await.err(), Some(429), "the limit before the crash");
+    // Crash the VMs: each worker's in turn, until a request reaches each one.
+    let crash = b"GET / HTTP/1.1\r\nhost: localhost\r\nx-wsgate-test-panic: 1\r\nconnection: close\r\n\r\n";
+    for _ in 0..6 {
+        let _ = support::client::raw(port, crash).await;
+    }
+    drop(held);
+    // The crashed VMs' shares stop counting once they are no longer refreshed; the new VMs'
+    // own count is nothing.
+    let started = std::time::Instant::now();
+    let mut refused = Vec::new();
+    let mut admitted = None;
+    while started.elapsed() < Duration::from_secs(45) {
+        match connect().await {
+            Ok(socket) => {
+                admitted = Some(started.elapsed());
+                drop(socket);
+                break;
+            }
+            Err(status) => refused.push(status),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let admitted = admitted.unwrap_or_else(|| panic!("alice was still locked out after 45 s:\n{}", envoy.log()));
+    // The crashed VM's share counted for a while (so the crash happened with the socket
+    // counted), and no longer than it may.
+    assert!(refused.contains(&429), "no refusal after the crash: {refused:?}");
+    assert!(admitted < Duration::from_secs(wsgate::limits::SHARE_TTL_MS / 1000 + 10), "{admitted:?}");
+}
