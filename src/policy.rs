@@ -1005,10 +1005,14 @@ impl Rules {
         let messages = self.messages.as_ref().map_or_else(|| "none".to_string(), MessageRules::summary);
         let limits = match self.limits {
             None => "none".to_string(),
-            Some(Limits { per_identity, per_client }) => {
-                let show = |limit: Option<u32>| limit.map_or_else(|| "none".to_string(), |n| n.to_string());
-                format!("{} sockets per identity, {} per client", show(per_identity), show(per_client))
-            }
+            Some(Limits { per_identity, per_client }) => [
+                per_identity.map(|n| format!("max_sockets_per_identity={n}")),
+                per_client.map(|n| format!("max_sockets_per_client={n}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
         };
         format!(
             "mode={}, {} allowed origin entries, missing_origin={}, null_origin={}, deny_status={}, \

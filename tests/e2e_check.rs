@@ -143,3 +143,20 @@ fn the_checker_advises_the_connection_manager_settings_that_the_demo_config_ship
         assert!(demo.contains(setting), "envoy/envoy.yaml lacks {setting:?}");
     }
 }
+
+#[test]
+fn the_checker_describes_message_rules_limits_and_compression_and_advises_on_the_client_address() {
+    let config = write_temp(
+        "bounds.json",
+        r#"{"allowed_origins": ["https://app.example.com"],
+            "messages": {"client": {"max_message_bytes": 4096, "opcodes": ["text"]}},
+            "limits": {"max_sockets_per_client": 50}}"#,
+    );
+    let (code, stdout) = check(&[config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("compression=strip"), "{stdout}");
+    assert!(stdout.contains("limits: max_sockets_per_client=50"), "{stdout}");
+    assert!(stdout.contains("messages: client(max_message_bytes=4096 opcodes=text)"), "{stdout}");
+    assert!(stdout.contains("advice:   use_remote_address: true"), "{stdout}");
+    let _ = std::fs::remove_file(config);
+}

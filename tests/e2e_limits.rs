@@ -146,7 +146,8 @@ async fn a_crashed_vm_does_not_lock_its_users_out_once_its_shares_expire() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let admitted = admitted.unwrap_or_else(|| panic!("alice was still locked out after 45 s:\n{}", envoy.log()));
+    let admitted =
+        admitted.unwrap_or_else(|| panic!("alice was still locked out after 45 s:\n{}", envoy.log()));
     // The crashed VM's share counted for a while (so the crash happened with the socket
     // counted), and no longer than it may.
     assert!(refused.contains(&429), "no refusal after the crash: {refused:?}");
