@@ -268,3 +268,27 @@ async fn rules_hold_over_http2_extended_connect() {
     assert_eq!(stat(&gate, "message_violations.client.message_too_large"), Some(1));
     assert_eq!(upstream_messages(&gate).await, ["short"]);
 }
+
+#[tokio::test]
+async fn a_frame_over_its_limit_and_bytes_beyond_the_byte_rate_end_their_sockets() {
+    let frames = config(json!({"client": {"max_frame_bytes": 16}}), json!({}));
+    let bytes = config(json!({"client": {"bytes_per_second": 10, "byte_burst": 40}}), json!({}));
+    let gate = Gate::start(&[&frames, &bytes]).await;
+    let [frames, bytes] = [gate.ports[0], gate.ports[1]];
+    let mut socket = ws_connect(frames, &path(), &[ALLOWED]).await.unwrap();
+    let sixteen = "f".repeat(16);
+    assert_eq!(ws_echo(&mut socket, &sixteen).await, sixteen);
+    socket.send(Message::text("f".repeat(17))).await.unwrap();
+    assert_eq!(end_of(&mut socket).await, Some(told(1009, "frame_too_large")));
+    let mut socket = ws_connect(bytes, &path(), &[ALLOWED]).await.unwrap();
+    let thirty = "b".repeat(30);
+    assert_eq!(ws_echo(&mut socket, &thirty).await, thirty);
+    socket.send(Message::text("b".repeat(30))).await.unwrap();
+    assert_eq!(end_of(&mut socket).await, Some(told(1008, "byte_rate")));
+    assert_eq!(stat(&gate, "message_violations.client.frame_too_large"), Some(1));
+    assert_eq!(stat(&gate, "message_violations.client.byte_rate"), Some(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen: Vec<Vec<String>> =
+        gate.upstream.sockets().iter().map(|socket| socket.messages.clone()).collect();
+    assert_eq!(seen, [vec![sixteen], vec![thirty]]);
+}
