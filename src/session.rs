@@ -397,6 +397,12 @@ impl Session {
     ) -> (Flow, Vec<Action<'static>>) {
         let Some(inspection) = self.inspection.as_deref_mut() else { return (Flow::Continue, Vec::new()) };
         let shadow = inspection.shadow;
+        if shadow && violation == Violation::Compressed {
+            // Shadow mode keeps the compression offer that enforcing would remove: a compressed
+            // socket would not be one under enforcement, and its frames cannot be read.
+            *inspection.inspector(direction) = None;
+            return (Flow::Continue, Vec::new());
+        }
         let line = || {
             let verb = if shadow { "would close (shadow)" } else { "closed" };
             format!(
@@ -408,12 +414,6 @@ impl Session {
         };
         let mut actions: Vec<Action<'static>> =
             self.logs.admit_with(line, now).map(|line| Action::Log(Level::Warn, line)).into_iter().collect();
-        if shadow && violation == Violation::Compressed {
-            // Shadow mode keeps the compression offer that enforcing would remove: a compressed
-            // socket would not be one under enforcement, and its frames cannot be read.
-            *inspection.inspector(direction) = None;
-            return (Flow::Continue, Vec::new());
-        }
         if shadow {
             *inspection.inspector(direction) = None;
             actions.push(Action::Count(Counter::ShadowMessageViolation(direction, violation), 1));

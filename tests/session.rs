@@ -458,3 +458,22 @@ fn a_socket_that_breaks_a_rule_right_after_its_first_message_is_noted_allowed_wi
     assert!(actions.contains(&Action::Note(Note::Decision, "allowed".to_string())), "{actions:?}");
     assert!(actions.contains(&Action::Note(Note::Identity, "bot".to_string())), "{actions:?}");
 }
+
+#[test]
+fn a_shadow_policy_does_not_count_a_compressed_socket_that_enforcing_would_not_have_had() {
+    let config = json!({
+        "allowed_origins": [ORIGIN],
+        "require_tls": false,
+        "mode": "shadow",
+        "messages": {"client": {"max_message_bytes": 1024}}
+    });
+    let policy = Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap());
+    let mut socket = session(Some(policy));
+    socket.on_request_headers(&request("/ws", true), || NOW);
+    socket.on_response_headers(&response("101"));
+    let mut compressed = client_frame(true, 0x1, b"\xf2\x48\xcd\xc9\xc9\x07\x00");
+    compressed[0] |= 0x40;
+    let (flow, actions) = socket.on_request_body(&compressed, compressed.len(), false, || NOW);
+    assert_eq!((flow, actions), (Flow::Continue, vec![]));
+    assert!(!socket.wants_request_body(), "the compressed socket is read on");
+}
