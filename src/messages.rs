@@ -8,6 +8,7 @@
 //! first byte until it is whole and checked, so the upstream never gets the last frame of a
 //! message that breaks the rule; bytes before it go on at once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -63,6 +64,9 @@ pub enum Violation {
     Json,
     /// A frame with the compression bit (RSV1) set: no extension was agreed.
     Compressed,
+    /// A message under the JSON rule that the policy's sockets cannot hold: together they hold
+    /// [`MAX_HELD_BYTES`] already.
+    HeldBytes,
     /// Frames that break RFC 6455: a mask where none belongs or none where one does, another
     /// reserved bit, an undefined opcode, a control frame fragmented or too long, a
     /// continuation outside a message or a new message inside one.
@@ -70,7 +74,7 @@ pub enum Violation {
 }
 
 impl Violation {
-    pub const ALL: [Violation; 8] = [
+    pub const ALL: [Violation; 9] = [
         Violation::FrameTooLarge,
         Violation::MessageTooLarge,
         Violation::MessageRate,
@@ -78,6 +82,7 @@ impl Violation {
         Violation::Opcode,
         Violation::Json,
         Violation::Compressed,
+        Violation::HeldBytes,
         Violation::Protocol,
     ];
 
@@ -91,26 +96,61 @@ impl Violation {
             Violation::Opcode => "opcode",
             Violation::Json => "json",
             Violation::Compressed => "compressed",
+            Violation::HeldBytes => "held_bytes",
             Violation::Protocol => "protocol",
         }
     }
 
     /// The close code the client gets, where the build sends one (RFC 6455 section 7.4.1): 1009
-    /// for a message too big, 1002 for a protocol error, 1008 for any other rule.
+    /// for a message too big, 1002 for a protocol error, 1013 (try again later) when wsgate
+    /// holds too much, 1008 for any other rule.
     pub fn close_code(self) -> u16 {
         match self {
             Violation::FrameTooLarge | Violation::MessageTooLarge => 1009,
             Violation::Compressed | Violation::Protocol => 1002,
+            Violation::HeldBytes => 1013,
             _ => 1008,
         }
     }
 }
 
 /// A policy's compiled `messages`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct MessageRules {
     client: Option<Arc<DirectionRules>>,
     server: Option<Arc<DirectionRules>>,
+    /// The bytes its sockets hold for the JSON rule, together.
+    held: Arc<HeldBytes>,
+}
+
+/// The most bytes the sockets of one policy hold for the JSON rule at once, in one VM (the wasm
+/// build) or one configuration (the native build): beyond it, a socket that would hold more is
+/// ended (`held_bytes`), so that slow clients cannot fill the VM's memory.
+pub const MAX_HELD_BYTES: usize = 32 * 1024 * 1024;
+
+/// The bytes held by every inspector of a policy.
+#[derive(Debug)]
+struct HeldBytes {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl HeldBytes {
+    /// Changes one inspector's part from `from` to `to` bytes; false (and no change) if that
+    /// would go over the bound.
+    fn change(&self, from: usize, to: usize) -> bool {
+        if to <= from {
+            self.held.fetch_sub(from - to, Ordering::Relaxed);
+            return true;
+        }
+        let more = to - from;
+        let before = self.held.fetch_add(more, Ordering::Relaxed);
+        if before.saturating_add(more) > self.max {
+            self.held.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 /// The rules of one direction.
@@ -149,6 +189,7 @@ impl MessageRules {
         Ok(MessageRules {
             client: compile(&config.client, Direction::Client).transpose()?,
             server: compile(&config.server, Direction::Server).transpose()?,
+            held: Arc::new(HeldBytes { held: AtomicUsize::new(0), max: MAX_HELD_BYTES }),
         })
     }
 
@@ -431,6 +472,15 @@ pub struct Inspector {
     bytes: Option<Bucket>,
     /// Bytes held back: from the start of the message under the JSON rule.
     carry: Vec<u8>,
+    /// What the policy's sockets hold together, and this inspector's part of it.
+    budget: Arc<HeldBytes>,
+    accounted: usize,
+}
+
+impl Drop for Inspector {
+    fn drop(&mut self) {
+        self.budget.change(self.accounted, 0);
+    }
 }
 
 impl Inspector {
@@ -449,6 +499,8 @@ impl Inspector {
             message: None,
             json: None,
             carry: Vec::new(),
+            budget: Arc::clone(&rules.held),
+            accounted: 0,
         })
     }
 
@@ -464,6 +516,17 @@ impl Inspector {
     /// Takes the next bytes that the host holds, at `now_ms`: what to let go on, or the rule
     /// the socket broke (the host then ends it; nothing of these bytes goes on).
     pub fn feed(&mut self, bytes: &[u8], now_ms: u64) -> Result<Release, Violation> {
+        let release = self.read(bytes, now_ms)?;
+        // What this socket holds now counts against what the policy's sockets may hold.
+        let holds = self.carry.len() + self.json.as_ref().map_or(0, Vec::len);
+        if !self.budget.change(self.accounted, holds) {
+            return Err(Violation::HeldBytes);
+        }
+        self.accounted = holds;
+        Ok(release)
+    }
+
+    fn read(&mut self, bytes: &[u8], now_ms: u64) -> Result<Release, Violation> {
         let carried = self.carry.len();
         // Where, in the carried bytes then `bytes`, the bytes still held start.
         let mut held_from = (carried > 0).then_some(0);
@@ -943,6 +1006,33 @@ mod tests {
             serde_json::from_value(json!({"client": {"json": {"pointer": "/ação", "one_of": ["say"]}}}))
                 .unwrap();
         assert!(MessageRules::compile(&config, "messages").is_err());
+    }
+
+    #[test]
+    fn the_sockets_of_a_policy_hold_no_more_than_their_bound_together_and_give_it_back() {
+        let rules = rules(json!({"json": {"pointer": "/type", "one_of": ["say"], "max_bytes": 1_048_576}}));
+        let start = |length: usize| {
+            let mut frame = client(false, TEXT, b"{");
+            // A fragment's header that announces `length` bytes, then the first of them.
+            frame[1] = 0x80 | 127;
+            frame.splice(2..2, (length as u64).to_be_bytes());
+            frame
+        };
+        let fill = |socket: &mut Inspector| socket.feed(&[start(1_000_000), vec![0; 999_999]].concat(), 0);
+        // Each socket holds about 2 MB (the frames, and the payload read so far).
+        let mut sockets = Vec::new();
+        let refused = loop {
+            let mut socket = inspector(&rules, Direction::Client);
+            match fill(&mut socket) {
+                Ok(_) if sockets.len() < 64 => sockets.push(socket),
+                outcome => break outcome,
+            }
+        };
+        assert_eq!(refused, Err(Violation::HeldBytes));
+        assert!(sockets.len() >= MAX_HELD_BYTES / 2_100_000, "refused after {} sockets", sockets.len());
+        drop(sockets);
+        let mut after = inspector(&rules, Direction::Client);
+        assert!(fill(&mut after).is_ok(), "the bytes of ended sockets stayed counted");
     }
 
     #[test]

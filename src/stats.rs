@@ -220,7 +220,8 @@ fn violation_index(direction: Direction, violation: Violation) -> usize {
         Violation::Opcode => 4,
         Violation::Json => 5,
         Violation::Compressed => 6,
-        Violation::Protocol => 7,
+        Violation::HeldBytes => 7,
+        Violation::Protocol => 8,
     }
 }
 
