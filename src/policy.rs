@@ -512,27 +512,29 @@ impl Policy {
     }
 
     /// The reading of an admitted socket's messages, begun now (`clock`, read only then), if the policy that
-    /// decided `request` (`plan`, `verdict`) has message rules. A shadow-mode policy reads and
+    /// decided `request` (`plan`, `verdict`, admitting `identity`) has message rules. A
+    /// shadow-mode policy reads and
     /// reports, and holds nothing back.
     pub fn inspection(
         &self,
         plan: ResponsePlan,
         request: &Request,
         verdict: &Verdict<'_>,
+        identity: Option<&str>,
         clock: impl FnOnce() -> u64,
     ) -> Option<Inspection> {
         let rules = self.rules(plan.applies)?;
         let messages = rules.messages.as_ref()?;
-        let (edits, shadow) = match verdict {
+        let shadow = match verdict {
             _ if !request.is_upgrade() => return None,
-            Verdict::Admit(edits) | Verdict::Await { edits, .. } => (edits, false),
-            Verdict::ShadowAdmit(edits) | Verdict::ShadowDeny(_, edits) => (edits, true),
+            Verdict::Admit(_) | Verdict::Await { .. } => false,
+            Verdict::ShadowAdmit(_) | Verdict::ShadowDeny(..) => true,
             Verdict::Pass(_) | Verdict::Deny(_) => return None,
         };
         let now_ms = clock();
         let [client, server] =
             Direction::ALL.map(|direction| Inspector::new(messages, direction, !shadow, now_ms));
-        let identity = rules.identity(edits).map_or_else(|| "-".to_string(), |id| excerpt(id.as_bytes()));
+        let identity = identity.map_or_else(|| "-".to_string(), |id| excerpt(id.as_bytes()));
         let context = format!("policy={} {} identity=\"{identity}\"", rules.name, request_fields(request));
         Some(Inspection { client, server, shadow, context })
     }

@@ -261,17 +261,23 @@ impl Session {
         let policy = self.policy.as_deref();
         let (mut verdict, plan) = decide_and_plan(policy, request, &clock);
         self.plan = plan;
+        // The policy's name and whom it admitted, worked out once for the limits, the reading of
+        // messages and the access log.
+        let (name, mut identity) = policy.map(|policy| policy.describe(plan, &verdict)).unwrap_or_default();
         if let (Some(policy), Verdict::Admit(_) | Verdict::Await { .. }) = (policy, &verdict) {
             // An admitted socket takes its places under the policy's limits, or is refused.
-            let identity = policy.describe(plan, &verdict).1;
             match policy.take_places(plan, Some(request), identity.as_deref(), self.places.as_deref(), &clock)
             {
                 Ok(taken) => self.taken = taken,
-                Err(reason) => verdict = Verdict::Deny(policy.refusal(plan, reason, request)),
+                Err(reason) => {
+                    verdict = Verdict::Deny(policy.refusal(plan, reason, request));
+                    identity = None;
+                }
             }
         }
-        self.inspection =
-            policy.and_then(|policy| policy.inspection(plan, request, &verdict, &clock)).map(Box::new);
+        self.inspection = policy
+            .and_then(|policy| policy.inspection(plan, request, &verdict, identity.as_deref(), &clock))
+            .map(Box::new);
         let mut actions = Vec::new();
         if verdict.is_logged() {
             let line = || verdict.log_line(request).unwrap_or_default();
@@ -282,7 +288,7 @@ impl Session {
         if let Some(counter) = Counter::for_verdict(&verdict) {
             actions.push(Action::Count(counter, 1));
         }
-        actions.extend(notes(policy, plan, &verdict));
+        actions.extend(notes(name, identity, &verdict));
         if let Some(policy) = policy {
             let (hits, misses) = policy.take_cache_counts();
             for (counter, count) in
@@ -690,7 +696,8 @@ impl Session {
 
 /// What the access log gets of a decided request: the policy, the decision, why it was refused
 /// and whom it admitted. Nothing for a request that is not decided (an ordinary one).
-fn notes(policy: Option<&Policy>, plan: ResponsePlan, verdict: &Verdict<'_>) -> Vec<Action<'static>> {
+/// `name` and `identity` as [`Policy::describe`] gives them.
+fn notes(name: Option<&str>, identity: Option<String>, verdict: &Verdict<'_>) -> Vec<Action<'static>> {
     let (decision, reason) = match verdict {
         Verdict::Pass(_) => return Vec::new(),
         Verdict::Admit(_) => ("allowed", None),
@@ -699,7 +706,6 @@ fn notes(policy: Option<&Policy>, plan: ResponsePlan, verdict: &Verdict<'_>) -> 
         Verdict::ShadowAdmit(_) => ("shadow_allowed", None),
         Verdict::ShadowDeny(denial, _) => ("shadow_denied", Some(denial.reason)),
     };
-    let (name, identity) = policy.map(|policy| policy.describe(plan, verdict)).unwrap_or_default();
     [
         name.map(|name| (Note::Policy, name.to_string())),
         Some((Note::Decision, decision.to_string())),

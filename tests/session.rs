@@ -266,15 +266,27 @@ fn session_with_close_frames_waiting() -> Session {
     session
 }
 
-fn with_messages(messages: serde_json::Value) -> Arc<Policy> {
-    let config = json!({
+/// A policy whose credential is the API key `bot`, from `source`, with further `settings`.
+fn keyed(source: serde_json::Value, settings: serde_json::Value) -> Arc<Policy> {
+    let mut config = json!({
         "allowed_origins": [ORIGIN],
         "require_tls": false,
-        "auth": {"sources": [{"query": "access_token"}], "key_id_header": "x-key-id",
-                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
-        "messages": messages
+        "auth": {"sources": [source], "key_id_header": "x-key-id",
+                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]}
     });
+    for (key, value) in settings.as_object().unwrap() {
+        config[key] = value.clone();
+    }
     Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn with_messages(messages: serde_json::Value) -> Arc<Policy> {
+    keyed(json!({"query": "access_token"}), json!({"messages": messages}))
+}
+
+/// [`keyed`] with the key in the first message.
+fn keyed_in_first_message(settings: serde_json::Value) -> Arc<Policy> {
+    keyed(json!({"first_message": {"token_pointer": "/token", "max_bytes": 1024}}), settings)
 }
 
 #[test]
@@ -329,14 +341,7 @@ fn a_socket_that_breaks_a_rule_is_counted_logged_with_its_identity_and_reset() {
 
 #[test]
 fn the_first_message_and_what_follows_it_are_read_for_the_rules_once_the_credential_verified() {
-    let config = json!({
-        "allowed_origins": [ORIGIN],
-        "require_tls": false,
-        "auth": {"sources": [{"first_message": {"token_pointer": "/token", "max_bytes": 1024}}], "key_id_header": "x-key-id",
-                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
-        "messages": {"client": {"opcodes": ["text"]}}
-    });
-    let policy = Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap());
+    let policy = keyed_in_first_message(json!({"messages": {"client": {"opcodes": ["text"]}}}));
     let mut within = session(Some(Arc::clone(&policy)));
     within.on_request_headers(&request("/ws", true), || NOW);
     within.on_response_headers(&response("101"));
@@ -384,14 +389,7 @@ fn a_decided_handshake_leaves_its_policy_decision_and_identity_for_the_access_lo
 
 #[test]
 fn a_socket_whose_credential_came_in_its_first_message_counts_under_that_identity() {
-    let config = json!({
-        "allowed_origins": [ORIGIN],
-        "require_tls": false,
-        "auth": {"sources": [{"first_message": {"token_pointer": "/token", "max_bytes": 1024}}], "key_id_header": "x-key-id",
-                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
-        "limits": {"max_sockets_per_identity": 1}
-    });
-    let policy = Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap());
+    let policy = keyed_in_first_message(json!({"limits": {"max_sockets_per_identity": 1}}));
     let places = Arc::new(Places::new(Box::new(MemoryStore::default()), 0));
     let open = |places: &Arc<Places>| {
         let mut socket = session(Some(Arc::clone(&policy))).with_places(Arc::clone(places));
@@ -442,14 +440,8 @@ fn limits_cannot_be_tried_in_shadow_mode() {
 /// FAILS on dd16268.
 #[test]
 fn a_socket_that_breaks_a_rule_right_after_its_first_message_is_noted_allowed_with_its_identity() {
-    let config = json!({
-        "allowed_origins": [ORIGIN],
-        "require_tls": false,
-        "auth": {"sources": [{"first_message": {"token_pointer": "/token", "max_bytes": 1024}}], "key_id_header": "x-key-id",
-                 "api_keys": [{"id": "bot", "sha256": "485eeb6f8b77add249521c45be425465e30dbfdc8d6db5e44583b4b9d1e9dd73"}]},
-        "messages": {"client": {"opcodes": ["text"]}}
-    });
-    let mut socket = session(Some(Arc::new(Policy::from_json(config.to_string().as_bytes()).unwrap())));
+    let policy = keyed_in_first_message(json!({"messages": {"client": {"opcodes": ["text"]}}}));
+    let mut socket = session(Some(policy));
     socket.on_request_headers(&request("/ws", true), || NOW);
     socket.on_response_headers(&response("101"));
     let bytes = [auth_message(API_KEY), client_frame(true, 0x2, b"binary")].concat();
