@@ -38,21 +38,38 @@ pub enum Variant {
     WsgateRules,
     /// The same, as a dynamic module. Not in [`Variant::ALL`].
     WsgateModuleRules,
+    /// The do-nothing wasm filter again, in an Envoy of its own: the A/A control. Two Envoys
+    /// that run the same thing should agree; by how much they do not is the run's noise.
+    NoopAgain,
+    /// wsgate, another build of the module (`WSGATE_WASM_BEFORE`), with the same configuration:
+    /// a step measured before and after in the same run. Not in [`Variant::ALL`].
+    WsgateBefore,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Plain,
         Variant::Native,
         Variant::Noop,
         Variant::Wsgate,
         Variant::NoopModule,
         Variant::WsgateModule,
+        Variant::NoopAgain,
     ];
+
+    /// The variants of the main rounds, in the order they are measured and shown: [`Variant::ALL`],
+    /// with [`Variant::WsgateBefore`] after wsgate when `before` is set.
+    pub fn measured(before: bool) -> Vec<Variant> {
+        let mut variants = Variant::ALL.to_vec();
+        if before {
+            variants.insert(4, Variant::WsgateBefore);
+        }
+        variants
+    }
 
     /// Whether this variant is wsgate, in either build, doing the benchmark's job.
     pub fn is_wsgate(self) -> bool {
-        matches!(self, Variant::Wsgate | Variant::WsgateModule)
+        matches!(self, Variant::Wsgate | Variant::WsgateModule | Variant::WsgateBefore)
     }
 
     pub fn name(self) -> &'static str {
@@ -67,6 +84,8 @@ impl Variant {
             Variant::WsgateNoneWaiting => "wsgate-none-waiting",
             Variant::WsgateRules => "wsgate-rules",
             Variant::WsgateModuleRules => "wsgate-module-rules",
+            Variant::NoopAgain => "noop-wasm-again",
+            Variant::WsgateBefore => "wsgate-before",
         }
     }
 }
@@ -81,6 +100,8 @@ impl fmt::Display for Variant {
 pub struct Inputs {
     pub envoy: PathBuf,
     pub wsgate_wasm: PathBuf,
+    /// Another build of the module, measured beside this one (`WSGATE_WASM_BEFORE`).
+    pub wsgate_wasm_before: Option<PathBuf>,
     pub noop_wasm: PathBuf,
     pub wsgate_module: PathBuf,
     pub noop_module: PathBuf,
@@ -253,7 +274,11 @@ fn bootstrap(variant: Variant, inputs: &Inputs, upstream: SocketAddr) -> Result<
     let filters = match variant {
         Variant::Plain => String::new(),
         Variant::Native => native_filters(inputs)?,
-        Variant::Noop => wasm_filter("noop", "noop", &inputs.noop_wasm, "")?,
+        Variant::Noop | Variant::NoopAgain => wasm_filter("noop", "noop", &inputs.noop_wasm, "")?,
+        Variant::WsgateBefore => {
+            let before = inputs.wsgate_wasm_before.as_ref().ok_or("WSGATE_WASM_BEFORE is not set")?;
+            wasm_filter("wsgate", "wsgate", before, &wsgate_config(inputs)?)?
+        }
         Variant::Wsgate => wasm_filter("wsgate", "wsgate", &inputs.wsgate_wasm, &wsgate_config(inputs)?)?,
         Variant::NoopModule => module_filter(&inputs.noop_module, "")?,
         Variant::WsgateModule => module_filter(&inputs.wsgate_module, &wsgate_config(inputs)?)?,

@@ -73,8 +73,30 @@ fn content_length(head: &[u8]) -> usize {
 }
 
 /// Ordinary GETs over `connections` kept-alive connections until `until`.
-pub async fn gets(envoy: SocketAddr, connections: usize, until: Instant) -> Outcome {
-    let request = b"GET /page HTTP/1.1\r\nHost: app.example.com\r\nAccept: text/html\r\n\r\n";
+/// A short GET, as a load balancer's check or an API client sends it.
+pub const PLAIN_GET: &[u8] = b"GET /page HTTP/1.1\r\nHost: app.example.com\r\nAccept: text/html\r\n\r\n";
+
+/// A GET as a browser sends it for a page (Chromium's headers, a session cookie), to a path whose
+/// answer has a web application's 16 headers.
+pub const BROWSER_GET: &[u8] = b"GET /browser-page HTTP/1.1\r\n\
+    Host: app.example.com\r\n\
+    Connection: keep-alive\r\n\
+    sec-ch-ua: \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"\r\n\
+    sec-ch-ua-mobile: ?0\r\n\
+    sec-ch-ua-platform: \"Linux\"\r\n\
+    Upgrade-Insecure-Requests: 1\r\n\
+    User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\n\
+    Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n\
+    Sec-Fetch-Site: same-origin\r\n\
+    Sec-Fetch-Mode: navigate\r\n\
+    Sec-Fetch-User: ?1\r\n\
+    Sec-Fetch-Dest: document\r\n\
+    Referer: https://app.example.com/\r\n\
+    Accept-Encoding: gzip, deflate, br, zstd\r\n\
+    Accept-Language: en-US,en;q=0.9\r\n\
+    Cookie: session=7b1f0c9e2d4a4f5b8e6a; prefs=theme%3Ddark\r\n\r\n";
+
+pub async fn gets(envoy: SocketAddr, connections: usize, until: Instant, request: &'static [u8]) -> Outcome {
     let clients = (0..connections).map(|_| async move {
         let mut outcome = Outcome::default();
         let Ok(mut stream) = TcpStream::connect(envoy).await else {

@@ -67,6 +67,8 @@ impl Settings {
 pub enum Workload {
     /// An ordinary GET through the upstream: the header path.
     Get,
+    /// The same with a browser's request headers and a web application's response headers.
+    BrowserGet,
     /// A handshake with an allowed origin and the same RS256 token each time.
     RepeatedToken,
     /// A handshake with a token never seen recently, signed with the algorithm.
@@ -79,7 +81,8 @@ pub enum Workload {
 
 impl Workload {
     fn all() -> Vec<Workload> {
-        let mut all = vec![Workload::Get, Workload::RepeatedToken, Workload::ForeignOrigin];
+        let mut all =
+            vec![Workload::Get, Workload::BrowserGet, Workload::RepeatedToken, Workload::ForeignOrigin];
         all.extend(tokens::ALGORITHMS.iter().map(|(algorithm, _)| Workload::NewToken(*algorithm)));
         all.push(Workload::Messages);
         all
@@ -88,6 +91,7 @@ impl Workload {
     pub fn title(self) -> String {
         match self {
             Workload::Get => "Ordinary GET".into(),
+            Workload::BrowserGet => "A browser's GET, 18 response headers".into(),
             Workload::RepeatedToken => "Handshake, allowed origin, the same RS256 token".into(),
             Workload::NewToken(algorithm) => format!("Handshake, a new {algorithm:?} token each time"),
             Workload::ForeignOrigin => "Handshake from a foreign origin".into(),
@@ -97,7 +101,7 @@ impl Workload {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Workload::Get => "requests",
+            Workload::Get | Workload::BrowserGet => "requests",
             Workload::Messages => "messages",
             _ => "handshakes",
         }
@@ -106,7 +110,7 @@ impl Workload {
     /// The status a variant answers when it does its job.
     fn expected_status(self, variant: Variant) -> u16 {
         match self {
-            Workload::Get => 200,
+            Workload::Get | Workload::BrowserGet => 200,
             Workload::ForeignOrigin if variant == Variant::Native || variant.is_wsgate() => 403,
             _ => 101,
         }
@@ -200,7 +204,8 @@ async fn measure(
     let started = Instant::now();
     let until = started + duration;
     let outcome = match workload {
-        Workload::Get => load::gets(address, settings.connections, until).await,
+        Workload::Get => load::gets(address, settings.connections, until, load::PLAIN_GET).await,
+        Workload::BrowserGet => load::gets(address, settings.connections, until, load::BROWSER_GET).await,
         Workload::Messages => load::messages(&mut sockets, until, 1024).await,
         _ => {
             let status = workload.expected_status(envoy.variant);
@@ -244,7 +249,8 @@ async fn check_jobs(envoys: &[Envoy], traffic: &Traffic) -> Result<(), BoxError>
             };
             let until = Instant::now() + Duration::from_millis(100);
             let outcome = match workload {
-                Workload::Get => load::gets(address, 1, until).await,
+                Workload::Get => load::gets(address, 1, until, load::PLAIN_GET).await,
+                Workload::BrowserGet => load::gets(address, 1, until, load::BROWSER_GET).await,
                 _ => load::handshakes(address, 1, until, requests, expect, &Cell::new(0)).await,
             };
             if outcome.ok == 0 || outcome.failed > 0 {
@@ -264,7 +270,7 @@ async fn drive(envoy: &Envoy, served: u64, requests: u64, settings: &Settings, t
     let mut served = served;
     while served < requests {
         let until = Instant::now() + Duration::from_secs(2);
-        served += load::gets(address, settings.connections, until).await.ok;
+        served += load::gets(address, settings.connections, until, load::PLAIN_GET).await.ok;
         let until = Instant::now() + Duration::from_millis(500);
         served +=
             load::handshakes(address, settings.connections, until, &traffic.repeated, expect, &traffic.next)
@@ -272,6 +278,26 @@ async fn drive(envoy: &Envoy, served: u64, requests: u64, settings: &Settings, t
                 .ok;
     }
     served
+}
+
+/// `BENCH_ONLY`: the workloads whose title contains one of its `|`-separated parts, any case (a
+/// part that ends with `$` ends the title: `ordinary get$`); every workload when it is unset.
+struct Only(Vec<String>);
+
+impl Only {
+    fn from_env() -> Only {
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default().to_lowercase();
+        Only(only.split('|').map(str::trim).filter(|part| !part.is_empty()).map(String::from).collect())
+    }
+
+    fn includes(&self, title: &str) -> bool {
+        let title = title.to_lowercase();
+        self.0.is_empty()
+            || self.0.iter().any(|part| match part.strip_suffix('$') {
+                Some(end) => title.ends_with(end),
+                None => title.contains(part.as_str()),
+            })
+    }
 }
 
 fn run() -> Result<bool, BoxError> {
@@ -282,6 +308,7 @@ fn run() -> Result<bool, BoxError> {
         envoy: std::env::var_os("WSGATE_ENVOY").map_or_else(|| repo.join(".venv/bin/envoy"), PathBuf::from),
         wsgate_wasm: std::env::var_os("WSGATE_WASM")
             .map_or_else(|| repo.join("target/wasm32-wasip1/release/wsgate.wasm"), PathBuf::from),
+        wsgate_wasm_before: std::env::var_os("WSGATE_WASM_BEFORE").map(PathBuf::from),
         noop_wasm: repo.join("target/wasm32-wasip1/release/wsgate_bench_noop.wasm"),
         wsgate_module: std::env::var_os("WSGATE_MODULE")
             .map_or_else(|| repo.join("target/module/libwsgate_module.so"), PathBuf::from),
@@ -305,7 +332,8 @@ fn run() -> Result<bool, BoxError> {
     let traffic = Traffic::sign(&keys)?;
     let upstream =
         runtime.block_on(wsgate_echo::start("127.0.0.1:0", wsgate_echo::Recorder::discarding()))?;
-    let envoys = Variant::ALL
+    let variants = Variant::measured(inputs.wsgate_wasm_before.is_some());
+    let envoys = variants
         .iter()
         .map(|variant| Envoy::start(*variant, &inputs, upstream, settings.envoy_core))
         .collect::<Result<Vec<_>, _>>()?;
@@ -314,9 +342,8 @@ fn run() -> Result<bool, BoxError> {
 
     let mut results = Results::default();
     let duration = Duration::from_secs_f64(settings.seconds);
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default().to_lowercase();
-    let chosen =
-        Workload::all().into_iter().filter(|w| only.is_empty() || w.title().to_lowercase().contains(&only));
+    let only = Only::from_env();
+    let chosen = Workload::all().into_iter().filter(|w| only.includes(&w.title()));
     for workload in chosen {
         eprintln!("{}", workload.title());
         for envoy in &envoys {
@@ -330,7 +357,7 @@ fn run() -> Result<bool, BoxError> {
         }
     }
 
-    let waiting = match only.is_empty() || report::WAITING_TITLE.to_lowercase().contains(&only) {
+    let waiting = match only.includes(report::WAITING_TITLE) {
         true => {
             eprintln!("{}", report::WAITING_TITLE);
             measure_waiting(&runtime, &inputs, upstream, &settings, &traffic)?
@@ -338,7 +365,7 @@ fn run() -> Result<bool, BoxError> {
         false => Vec::new(),
     };
 
-    let rules = match only.is_empty() || report::RULES_TITLE.to_lowercase().contains(&only) {
+    let rules = match only.includes(report::RULES_TITLE) {
         true => {
             eprintln!("{}", report::RULES_TITLE);
             measure_rules(&runtime, &envoys, &inputs, upstream, &settings, &traffic)?
@@ -353,7 +380,8 @@ fn run() -> Result<bool, BoxError> {
     // Memory on fresh Envoys, so that what the rounds left behind weighs on neither.
     eprintln!("driving a new Envoy of each variant to {} requests ...", settings.memory_requests);
     let mut memory = Vec::new();
-    for variant in Variant::ALL {
+    // The A/A control is a check of the rounds' noise; a second do-nothing Envoy's memory is the first's.
+    for variant in variants.into_iter().filter(|variant| *variant != Variant::NoopAgain) {
         let envoy = Envoy::start(variant, &inputs, upstream, settings.envoy_core)?;
         let warm = runtime.block_on(drive(&envoy, 0, 1, &settings, &traffic));
         let warm_kib = envoy.rss_kib();

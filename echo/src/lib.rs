@@ -206,14 +206,35 @@ fn demo_reply(demo: &Demo, request: &SeenRequest) -> Option<String> {
     ))
 }
 
+/// What a web application's page typically comes with besides its content type and length
+/// (`/browser-page`): with those two and what Envoy adds, about 18 response headers.
+const BROWSER_PAGE_HEADERS: &str = "date: Fri, 04 Dec 2026 12:00:00 GMT\r\n\
+    server: app\r\n\
+    cache-control: private, max-age=0, must-revalidate\r\n\
+    etag: \"5f8c2a1e-3c4b\"\r\n\
+    last-modified: Thu, 03 Dec 2026 09:30:00 GMT\r\n\
+    vary: Accept-Encoding, Cookie\r\n\
+    content-language: en\r\n\
+    accept-ranges: bytes\r\n\
+    set-cookie: session=7b1f0c9e2d4a4f5b8e6a; Path=/; Secure; HttpOnly; SameSite=Lax\r\n\
+    set-cookie: prefs=theme%3Ddark; Path=/; Max-Age=31536000; Secure; SameSite=Lax\r\n\
+    x-request-start: t=1796385600000\r\n\
+    link: </static/app.css>; rel=preload; as=style\r\n\
+    timing-allow-origin: https://app.example.com\r\n\
+    x-app-version: 2026.12.1\r\n";
+
 /// The answer to an ordinary request. `/status/NNN` answers with that status; `/own-headers`
-/// answers with security headers of the upstream's own, as an application might set them.
+/// answers with security headers of the upstream's own, as an application might set them;
+/// `/browser-page` with the headers a page of a web application comes with.
 fn ordinary_reply(request: &SeenRequest) -> String {
     let path = request.path.split('?').next().unwrap_or_default();
     let status: u16 = path.strip_prefix("/status/").and_then(|code| code.parse().ok()).unwrap_or(200);
     let mut head = format!("HTTP/1.1 {status} Status\r\n");
     if path == "/own-headers" {
         head.push_str("content-security-policy: default-src 'none'\r\nreferrer-policy: no-referrer\r\n");
+    }
+    if path == "/browser-page" {
+        head.push_str(BROWSER_PAGE_HEADERS);
     }
     if matches!(status, 301 | 302 | 307 | 308) {
         head.push_str("location: /\r\n");
