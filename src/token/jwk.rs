@@ -3,6 +3,7 @@
 //! public key can never serve as an HMAC secret, whatever a token's header says.
 
 use base64ct::{Base64UrlUnpadded, Encoding};
+use crypto_bigint::modular::BoxedMontyForm;
 use hmac::{Hmac, KeyInit, Mac};
 use rsa::signature::Verifier;
 use rsa::traits::SignatureScheme;
@@ -393,13 +394,13 @@ impl Jwk {
                 hmac_verify::<Hmac<Sha512>>(secret, input, signature)
             }
             (Material::Rsa(key), Algorithm::RS256) => {
-                rsa_verify(key, Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(input), signature)
+                pkcs1v15_verify(key, &Pkcs1v15Sign::new::<Sha256>().prefix, &Sha256::digest(input), signature)
             }
             (Material::Rsa(key), Algorithm::RS384) => {
-                rsa_verify(key, Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(input), signature)
+                pkcs1v15_verify(key, &Pkcs1v15Sign::new::<Sha384>().prefix, &Sha384::digest(input), signature)
             }
             (Material::Rsa(key), Algorithm::RS512) => {
-                rsa_verify(key, Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(input), signature)
+                pkcs1v15_verify(key, &Pkcs1v15Sign::new::<Sha512>().prefix, &Sha512::digest(input), signature)
             }
             // PSS with MGF1 over the same hash and a salt of the hash's size (RFC 7518 3.5).
             (Material::Rsa(key), Algorithm::PS256) => {
@@ -451,4 +452,233 @@ fn hmac_verify<M: Mac + KeyInit>(secret: &[u8], input: &[u8], signature: &[u8]) 
 
 fn rsa_verify<S: SignatureScheme>(key: &rsa::PublicKey, scheme: S, hashed: &[u8], signature: &[u8]) -> bool {
     key.verify(scheme, hashed, signature).is_ok()
+}
+
+/// RSASSA-PKCS1-v1_5 verification (RFC 8017 section 8.2.2) with the public exponent applied by
+/// square-and-multiply in variable time, over `crypto-bigint`'s Montgomery arithmetic: for
+/// e = 65537, 16 squarings and one multiplication, where `rsa`'s constant-time fixed window takes
+/// about 35 operations and a table built on every call. Everything a verification reads (the key,
+/// the signature, the digest) is public, so its timing tells nothing (`ring` verifies the same
+/// way). The encoded message is then compared whole with the one expected, which is what `rsa`
+/// checks byte by byte: `0x00 0x01 0xFF.. 0x00 DigestInfo digest`.
+fn pkcs1v15_verify(key: &rsa::PublicKey, prefix: &[u8], hashed: &[u8], signature: &[u8]) -> bool {
+    use rsa::traits::PublicKeyParts;
+    let k = key.size();
+    let t_len = prefix.len() + hashed.len();
+    // The signature is exactly k bytes and, as an integer, below the modulus (steps 1 and 2.a).
+    if signature.len() != k || k < t_len + 11 {
+        return false;
+    }
+    let Ok(s) = rsa::BoxedUint::from_be_slice(signature, key.n_bits_precision()) else {
+        return false;
+    };
+    if s >= *key.n().as_ref() {
+        return false;
+    }
+    let em = public_exponent_vartime(key, s);
+    // I2OSP(m, k): the representation is the width of the limbs, m < n fits in its last k bytes.
+    let Some(split) = em.len().checked_sub(k) else {
+        return false;
+    };
+    let (high, em) = em.split_at(split);
+    let ps_len = k - t_len - 3;
+    high.iter().all(|&b| b == 0)
+        && em.get(..2) == Some(&[0x00, 0x01][..])
+        && em.get(2..2 + ps_len).is_some_and(|ps| ps.iter().all(|&b| b == 0xff))
+        && em.get(2 + ps_len) == Some(&0x00)
+        && em.get(3 + ps_len..3 + ps_len + prefix.len()) == Some(prefix)
+        && em.get(k - hashed.len()..) == Some(hashed)
+}
+
+/// `s^e mod n`, most significant bit of `e` first, in variable time (the inputs are public).
+fn public_exponent_vartime(key: &rsa::PublicKey, s: rsa::BoxedUint) -> Box<[u8]> {
+    use rsa::traits::PublicKeyParts;
+    let e = key.e();
+    let base = BoxedMontyForm::new(s, key.n_params());
+    let mut power = base.clone();
+    // The key was checked at load: e is odd and at least 3, so its top bit is bit `bits - 1`.
+    for bit in (0..e.bit_width_vartime().saturating_sub(1)).rev() {
+        power = power.square();
+        if e.bit_vartime(bit) {
+            power = power.mul(&base);
+        }
+    }
+    power.retrieve().to_be_bytes()
+}
+
+#[cfg(test)]
+#[cfg(not(target_arch = "wasm32"))]
+mod tests {
+    use super::*;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+
+    /// A test key of tests/keys, with its size in the name (`rsa.pem` is 2048 bits, e = 65537).
+    fn private_key(name: &str) -> rsa::PrivateKey {
+        let path = format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"));
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let body: String = pem.lines().filter(|line| !line.starts_with("-----")).collect();
+        rsa::PrivateKey::from_pkcs8_der(&base64ct::Base64::decode_vec(&body).unwrap()).unwrap()
+    }
+
+    /// `m^d mod n`: a "signature" of any encoded message, well formed or not.
+    fn raw_sign(key: &rsa::PrivateKey, encoded: &[u8]) -> Vec<u8> {
+        let m = rsa::BoxedUint::from_be_slice(encoded, key.n_bits_precision()).unwrap();
+        let s = BoxedMontyForm::new(m, key.n_params()).pow(key.d()).retrieve();
+        let bytes = s.to_be_bytes();
+        bytes[bytes.len() - key.size()..].to_vec()
+    }
+
+    /// EMSA-PKCS1-v1_5 (RFC 8017 section 9.2) of `hashed` under `prefix`, `k` bytes long.
+    fn encoded(k: usize, prefix: &[u8], hashed: &[u8]) -> Vec<u8> {
+        let mut em = vec![0x00, 0x01];
+        em.resize(k - prefix.len() - hashed.len() - 1, 0xff);
+        em.push(0x00);
+        em.extend_from_slice(prefix);
+        em.extend_from_slice(hashed);
+        em
+    }
+
+    /// Encoded messages that are not the one expected, each off by one thing.
+    fn malformed(k: usize, prefix: &[u8], hashed: &[u8], other_prefix: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let good = encoded(k, prefix, hashed);
+        let t_len = prefix.len() + hashed.len();
+        let mut cases = Vec::new();
+        let mut flip = |what: &str, index: usize, value: u8| {
+            let mut em = good.clone();
+            em[index] = value;
+            cases.push((format!("{what} (byte {index} = {value:#04x})"), em));
+        };
+        flip("block type 2", 1, 0x02);
+        flip("block type 0", 1, 0x00);
+        flip("padding byte first", 2, 0xfe);
+        flip("padding byte middle", k / 2 - t_len / 2, 0x00);
+        flip("padding byte last", k - t_len - 2, 0xfe);
+        flip("no separator", k - t_len - 1, 0x01);
+        flip("prefix", k - t_len, prefix[0] ^ 1);
+        flip("digest first", k - hashed.len(), hashed[0] ^ 0x80);
+        flip("digest last", k - 1, hashed[hashed.len() - 1] ^ 1);
+        // T moved one byte left, one byte of garbage after it: the padding one byte short.
+        let mut shifted = good.clone();
+        shifted.remove(2);
+        shifted.push(0x00);
+        cases.push(("padding one byte short, a trailing byte".into(), shifted));
+        cases.push(("the digest without DigestInfo".into(), encoded(k, &[], hashed)));
+        cases.push(("another hash's DigestInfo".into(), encoded(k, other_prefix, hashed)));
+        cases.push(("zero".into(), vec![0; k]));
+        cases
+    }
+
+    /// Signatures that are not integers below the modulus, or not `k` bytes.
+    fn out_of_range(key: &rsa::PrivateKey, valid: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let n = key.n().to_be_bytes_trimmed_vartime().to_vec();
+        let mut n_padded = vec![0; key.size() - n.len()];
+        n_padded.extend_from_slice(&n);
+        let mut n_minus_one = n_padded.clone();
+        *n_minus_one.last_mut().unwrap() -= 1; // n is odd
+        let mut longer = vec![0x00];
+        longer.extend_from_slice(valid);
+        vec![
+            ("the modulus".into(), n_padded),
+            ("all ones".into(), vec![0xff; key.size()]),
+            ("the modulus minus one".into(), n_minus_one),
+            ("one byte short".into(), valid[1..].to_vec()),
+            ("a leading zero byte more".into(), longer),
+            ("empty".into(), Vec::new()),
+        ]
+    }
+
+    /// Checks every hash on `name`'s key, or the first `hashes` of SHA-512, SHA-384, SHA-256.
+    fn check_key(name: &str) {
+        check_key_with(name, 3);
+    }
+
+    /// A hash: its name, its DigestInfo prefix, another hash's, and the digest function.
+    type Scheme = (&'static str, Vec<u8>, Vec<u8>, fn(&[u8]) -> Vec<u8>);
+
+    fn check_key_with(name: &str, hashes: usize) {
+        let key = private_key(name);
+        let public = key.to_public_key();
+        let k = public.size();
+        let schemes: [Scheme; 3] = [
+            (
+                "SHA-512",
+                Pkcs1v15Sign::new::<Sha512>().prefix.to_vec(),
+                Pkcs1v15Sign::new::<Sha256>().prefix.to_vec(),
+                |m| Sha512::digest(m).to_vec(),
+            ),
+            (
+                "SHA-384",
+                Pkcs1v15Sign::new::<Sha384>().prefix.to_vec(),
+                Pkcs1v15Sign::new::<Sha512>().prefix.to_vec(),
+                |m| Sha384::digest(m).to_vec(),
+            ),
+            (
+                "SHA-256",
+                Pkcs1v15Sign::new::<Sha256>().prefix.to_vec(),
+                Pkcs1v15Sign::new::<Sha384>().prefix.to_vec(),
+                |m| Sha256::digest(m).to_vec(),
+            ),
+        ];
+        for (hash, prefix, other_prefix, digest) in schemes.into_iter().take(hashes) {
+            let hashed = digest(b"header.payload");
+            let reference = |signature: &[u8]| {
+                let scheme = Pkcs1v15Sign { hash_len: Some(hashed.len()), prefix: prefix.clone().into() };
+                rsa_verify(&public, scheme, &hashed, signature)
+            };
+            let valid = raw_sign(&key, &encoded(k, &prefix, &hashed));
+            assert!(pkcs1v15_verify(&public, &prefix, &hashed, &valid), "{name} {hash}: a valid signature");
+            assert!(reference(&valid), "{name} {hash}: a valid signature, for rsa");
+            let mut cases = out_of_range(&key, &valid);
+            for (what, em) in malformed(k, &prefix, &hashed, &other_prefix) {
+                cases.push((what, raw_sign(&key, &em)));
+            }
+            // Random signatures below the modulus (a fixed xorshift sequence: the same every run).
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            for round in 0..32 {
+                let mut random: Vec<u8> = (0..k)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state as u8
+                    })
+                    .collect();
+                random[0] = 0;
+                cases.push((format!("random {round}"), random));
+            }
+            for (what, signature) in cases {
+                let ours = pkcs1v15_verify(&public, &prefix, &hashed, &signature);
+                assert_eq!(ours, reference(&signature), "{name} {hash}, {what}: not rsa's verdict");
+                assert!(!ours, "{name} {hash}, {what}: accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn pkcs1v15_verification_agrees_with_rsa_on_a_2048_bit_key() {
+        check_key("rsa.pem");
+    }
+
+    #[test]
+    fn pkcs1v15_verification_agrees_with_rsa_on_a_2050_bit_key_not_a_whole_number_of_bytes() {
+        check_key("rsa-2050.pem");
+    }
+
+    #[test]
+    fn pkcs1v15_verification_agrees_with_rsa_on_a_3072_bit_key_with_exponent_3() {
+        check_key("rsa-3072-e3.pem");
+    }
+
+    #[test]
+    fn pkcs1v15_verification_agrees_with_rsa_on_a_4096_bit_key() {
+        check_key("rsa-4096.pem");
+    }
+
+    #[test]
+    fn pkcs1v15_verification_agrees_with_rsa_on_an_8192_bit_key() {
+        // SHA-512 only: the private-key operations that make the malformed signatures are slow
+        // at this size, and the other hashes are checked on the other keys.
+        check_key_with("rsa-8192.pem", 1);
+    }
 }
