@@ -11,7 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use crate::headers::Response;
+use crate::headers::{HeaderEdit, Response};
 use crate::limits::{Places, SharedStore};
 use crate::logs::LogLimiter;
 use crate::policy::Policy;
@@ -273,7 +273,7 @@ fn carry_out(id: u32, sockets: &RefCell<OpenSockets>, counters: &Counters, actio
                     Some(denial.body.as_bytes()),
                 );
             }
-            // Written by `on_http_response_headers` itself, in one call.
+            // Written by `on_http_response_headers` itself, as the session returns them.
             Action::EditResponse(_) => {}
             Action::ReplaceRequestBody { cut, keep } => {
                 let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, cut, &keep);
@@ -332,6 +332,14 @@ fn edit_request(edit: RequestEdit<'_>) {
             }
         }
     }
+}
+
+fn edit_response(edit: HeaderEdit<'_>) {
+    let headers = MapType::HttpResponseHeaders;
+    let _ = match edit {
+        HeaderEdit::Add(name, value) => hostcalls::add_map_value(headers, name, value),
+        HeaderEdit::Set(name, value) => hostcalls::set_map_value(headers, name, Some(value)),
+    };
 }
 
 fn host_action(flow: Flow) -> HostAction {
@@ -413,19 +421,15 @@ impl HttpContext for Stream {
         }
         let response = Response::new(self.get_http_response_headers_bytes());
         let actions = self.session.on_response_headers(&response);
-        // Every header edit in one call: each call across the VM boundary costs more than the
-        // work it asks of Envoy.
-        let edits: Vec<_> = actions
-            .iter()
-            .filter_map(|action| match action {
-                Action::EditResponse(edits) => Some(edits.as_slice()),
-                _ => None,
-            })
-            .flatten()
-            .copied()
-            .collect();
-        if !edits.is_empty() {
-            let _ = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, response.edited(&edits));
+        // One host call per edit (a header added or replaced): cheaper than writing the whole
+        // map back in one call once the upstream's answer has more than a few headers
+        // (docs/BENCHMARKS.md, "Steps toward the floor").
+        for action in &actions {
+            if let Action::EditResponse(edits) = action {
+                for edit in edits {
+                    edit_response(*edit);
+                }
+            }
         }
         carry_out(self.id, &self.sockets, &self.counters, actions);
         HostAction::Continue

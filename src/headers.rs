@@ -97,23 +97,6 @@ impl Response {
     pub fn has_value(&self, name: &str) -> bool {
         self.headers.iter().any(|(n, value)| n.eq_ignore_ascii_case(name) && !value.trim_ascii().is_empty())
     }
-
-    /// The response's header lines with `edits` made, in order: what the shell writes back in
-    /// one host call rather than one per edit.
-    pub fn edited<'a>(&'a self, edits: &[HeaderEdit<'a>]) -> Vec<(&'a str, &'a [u8])> {
-        let mut lines: Vec<(&str, &[u8])> =
-            self.headers.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect();
-        for edit in edits {
-            match *edit {
-                HeaderEdit::Add(name, value) => lines.push((name, value.as_bytes())),
-                HeaderEdit::Set(name, value) => {
-                    lines.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                    lines.push((name, value.as_bytes()));
-                }
-            }
-        }
-        lines
-    }
 }
 
 impl ResponseHeaders {

@@ -191,49 +191,6 @@ fn replace_sets_every_header_over_the_upstreams() {
     );
 }
 
-/// The header lines the shell writes back for `response` under `policy`, with `on_existing`.
-fn written(on_existing: &str, response: &[(&str, &str)]) -> Vec<(String, String)> {
-    let policy = only_csp_and_referrer(on_existing);
-    let request = get(false);
-    let plan = policy.plan_response(&request, &policy.decide(&request, NOW));
-    let response = Response::new(headers(response));
-    let edits = policy.respond(plan, &response);
-    response
-        .edited(&edits)
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value).into_owned()))
-        .collect()
-}
-
-fn line(name: &str, value: &str) -> (String, String) {
-    (name.to_string(), value.to_string())
-}
-
-#[test]
-fn the_headers_written_back_keep_the_upstreams_lines_and_append_ours() {
-    assert_eq!(
-        written("append", UPSTREAM),
-        vec![
-            line(":status", "200"),
-            line("content-security-policy", "default-src 'none'"),
-            line("referrer-policy", "no-referrer"),
-            line("content-security-policy", "default-src 'self'"),
-        ]
-    );
-}
-
-#[test]
-fn the_headers_written_back_under_replace_hold_each_header_once_with_our_value() {
-    assert_eq!(
-        written("replace", UPSTREAM),
-        vec![
-            line(":status", "200"),
-            line("content-security-policy", "default-src 'self'"),
-            line("referrer-policy", "same-origin"),
-        ]
-    );
-}
-
 #[test]
 fn extra_headers_are_added_like_the_others() {
     let policy = with_headers(
