@@ -254,8 +254,8 @@ struct Stream {
 
 impl Context for Stream {
     fn on_done(&mut self) -> bool {
-        let now = milliseconds(self.get_current_time());
-        let actions = self.session.on_done(now);
+        let clock = || hostcalls::get_current_time().map(milliseconds).unwrap_or_default();
+        let actions = self.session.on_done(clock);
         carry_out(self.id, &self.sockets, &self.counters, actions);
         true
     }

@@ -639,10 +639,11 @@ impl Session {
     }
 
     /// The stream ended. A socket still waiting was closed by its timer or left by its client.
-    pub fn on_done(&mut self, now: u64) -> Vec<Action<'static>> {
+    /// `clock` is asked only when a socket ends (most streams are ordinary requests).
+    pub fn on_done(&mut self, clock: impl Fn() -> u64) -> Vec<Action<'static>> {
         if let Some(places) = &self.places {
             for key in std::mem::take(&mut self.taken) {
-                places.give_back(&key, now);
+                places.give_back(&key, clock());
             }
         }
         let mut actions = Vec::new();
@@ -650,6 +651,7 @@ impl Session {
             actions.push(self.close_at(None));
         }
         if let Some(awaiting) = self.awaiting.take() {
+            let now = clock();
             let reason = awaiting.abandoned(now);
             actions.extend(self.refuse(&awaiting, reason, now));
         }

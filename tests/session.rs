@@ -200,10 +200,10 @@ fn the_upstreams_bytes_wait_for_the_credential_within_their_bound() {
 #[test]
 fn a_socket_that_ends_while_waiting_is_counted_by_why() {
     let mut session = waiting();
-    let actions = session.on_done(NOW + 5_000);
+    let actions = session.on_done(|| NOW + 5_000);
     assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageTimeout)]);
     let mut session = waiting();
-    let actions = session.on_done(NOW + 10);
+    let actions = session.on_done(|| NOW + 10);
     assert_eq!(actions.first(), Some(&Action::KeepOpen));
     assert_eq!(counts(&actions), vec![Counter::Denied(DenyReason::FirstMessageMissing)]);
 }
@@ -213,7 +213,7 @@ fn an_upgrade_the_upstream_refused_has_no_socket_to_wait_on() {
     let mut session = waiting();
     assert_eq!(session.on_response_headers(&response("403")).first(), Some(&Action::KeepOpen));
     assert!(!session.wants_request_body());
-    assert_eq!(session.on_done(NOW + 10), vec![]);
+    assert_eq!(session.on_done(|| NOW + 10), vec![]);
 }
 
 #[test]
@@ -408,7 +408,7 @@ fn a_socket_whose_credential_came_in_its_first_message_counts_under_that_identit
         "{actions:?}"
     );
     assert_eq!(actions.last(), Some(&Action::Reset));
-    first.on_done(NOW + 1);
+    first.on_done(|| NOW + 1);
     assert_eq!(open(&places).1, Flow::Continue, "the place of the ended socket stayed taken");
 }
 
@@ -468,4 +468,20 @@ fn a_shadow_policy_does_not_count_a_compressed_socket_that_enforcing_would_not_h
     let (flow, actions) = socket.on_request_body(&compressed, compressed.len(), false, || NOW);
     assert_eq!((flow, actions), (Flow::Continue, vec![]));
     assert!(!socket.wants_request_body(), "the compressed socket is read on");
+}
+
+#[test]
+fn the_end_of_an_ordinary_request_does_not_ask_the_host_for_the_time() {
+    let asked = std::cell::Cell::new(0);
+    let mut session = session(Some(policy(false)));
+    session.on_request_headers(&request("/", false), || NOW);
+    session.on_response_headers(&response("200"));
+    assert_eq!(
+        session.on_done(|| {
+            asked.set(asked.get() + 1);
+            NOW
+        }),
+        vec![]
+    );
+    assert_eq!(asked.get(), 0);
 }

@@ -996,7 +996,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     filter_ptr: *const c_void,
 ) {
     on_stream(envoy, filter_ptr, false, |filter| {
-        let actions = filter.session.on_done(now_ms());
+        let actions = filter.session.on_done(now_ms);
         filter.split().1.carry_out(envoy, actions);
         CONTINUE
     });
