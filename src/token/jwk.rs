@@ -195,14 +195,16 @@ impl Jwk {
         let mut ring: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
         let material = match (members.kty.as_str(), members.crv.as_deref()) {
             ("RSA", _) => {
-                let n = bytes("n", &members.n)?;
+                let minimal = |b: &[u8]| {
+                    b.iter().position(|&x| x != 0).and_then(|at| b.get(at..)).unwrap_or_default().to_vec()
+                };
+                // Leading zero bytes (some key sets send one) are no part of the modulus: sized by
+                // them, every verification would compute at their width, up to the set's size.
+                let n = minimal(&bytes("n", &members.n)?);
                 let e = bytes("e", &members.e)?;
                 #[cfg(feature = "ring")]
                 {
-                    let minimal = |b: &[u8]| {
-                        b.iter().position(|&x| x != 0).and_then(|at| b.get(at..)).unwrap_or_default().to_vec()
-                    };
-                    ring = (minimal(&n), minimal(&e));
+                    ring = (n.clone(), minimal(&e));
                 }
                 let bits = u32::try_from(n.len() * 8).map_err(|_| err("n", "is too long".to_string()))?;
                 let n = rsa::BoxedUint::from_be_slice(&n, bits)
@@ -578,14 +580,30 @@ mod tests {
         *n_minus_one.last_mut().unwrap() -= 1; // n is odd
         let mut longer = vec![0x00];
         longer.extend_from_slice(valid);
-        vec![
+        // The valid signature plus n and plus 2n: the same residue, where it fits in k bytes.
+        let wide = key.n_bits_precision() + 128;
+        let n_wide = rsa::BoxedUint::from_be_slice(&n, wide).unwrap();
+        let mut plus = rsa::BoxedUint::from_be_slice(valid, wide).unwrap();
+        let mut congruent = Vec::new();
+        for times in 1..=2 {
+            plus = plus.wrapping_add(&n_wide);
+            let bytes = plus.to_be_bytes_trimmed_vartime();
+            if bytes.len() <= key.size() {
+                let mut padded = vec![0; key.size() - bytes.len()];
+                padded.extend_from_slice(&bytes);
+                congruent.push((format!("the valid signature plus {times} n"), padded));
+            }
+        }
+        let mut cases = vec![
             ("the modulus".into(), n_padded),
             ("all ones".into(), vec![0xff; key.size()]),
             ("the modulus minus one".into(), n_minus_one),
             ("one byte short".into(), valid[1..].to_vec()),
             ("a leading zero byte more".into(), longer),
             ("empty".into(), Vec::new()),
-        ]
+        ];
+        cases.extend(congruent);
+        cases
     }
 
     /// Checks every hash on `name`'s key, or the first `hashes` of SHA-512, SHA-384, SHA-256.
@@ -656,6 +674,30 @@ mod tests {
     }
 
     #[test]
+    fn leading_zero_bytes_of_a_modulus_do_not_widen_the_key() {
+        let jwks: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}/tests/keys/jwks.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
+        )
+        .unwrap();
+        let jwk = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "rsa-1").unwrap().clone();
+        let n = Base64UrlUnpadded::decode_vec(jwk["n"].as_str().unwrap()).unwrap();
+        let mut padded = jwk.clone();
+        let mut zeros = vec![0u8; 4096];
+        zeros.extend_from_slice(&n);
+        padded["n"] = Base64UrlUnpadded::encode_string(&zeros).into();
+        let precision = |jwk: &serde_json::Value| {
+            let compiled =
+                Jwk::compile(jwk, &[Algorithm::RS256], RSA_MAX_BITS, "keys[0]", &|_| None).unwrap();
+            match compiled.material {
+                Material::Rsa(key) => key.n_bits_precision(),
+                _ => panic!("not an RSA key"),
+            }
+        };
+        assert_eq!(precision(&padded), precision(&jwk));
+        assert_eq!(precision(&jwk), 2048);
+    }
+
+    #[test]
     fn pkcs1v15_verification_agrees_with_rsa_on_a_2048_bit_key() {
         check_key("rsa.pem");
     }
@@ -668,6 +710,30 @@ mod tests {
     #[test]
     fn pkcs1v15_verification_agrees_with_rsa_on_a_3072_bit_key_with_exponent_3() {
         check_key("rsa-3072-e3.pem");
+    }
+
+    #[test]
+    fn a_valid_signature_whose_first_byte_is_zero_is_accepted() {
+        let key = private_key("rsa.pem");
+        let public = key.to_public_key();
+        let prefix = Pkcs1v15Sign::new::<Sha256>().prefix.to_vec();
+        // About one signature in 256 starts with a zero byte: look for one among messages.
+        let (hashed, signature) = (0..4096)
+            .map(|i| Sha256::digest(format!("header.payload{i}").as_bytes()).to_vec())
+            .map(|hashed| {
+                let signature = raw_sign(&key, &encoded(public.size(), &prefix, &hashed));
+                (hashed, signature)
+            })
+            .find(|(_, signature)| signature[0] == 0)
+            .unwrap();
+        assert!(pkcs1v15_verify(&public, &prefix, &hashed, &signature));
+        let scheme = Pkcs1v15Sign::new::<Sha256>();
+        assert!(rsa_verify(&public, scheme, &hashed, &signature));
+    }
+
+    #[test]
+    fn pkcs1v15_verification_agrees_with_rsa_on_a_key_with_the_largest_exponent_allowed() {
+        check_key("rsa-2048-e33.pem");
     }
 
     #[test]

@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa.pem 2>/dev/null
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out rsa-other.pem 2>/dev/null
-# RSA keys of other sizes (2050 bits: not a whole number of bytes) and a small exponent, for the
+# RSA keys of other sizes (2050 bits: not a whole number of bytes) and exponents, for the
 # differential test of RSA verification (src/token/jwk.rs); 8192 bits is the most max_rsa_bits allows.
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2050 -out rsa-2050.pem 2>/dev/null
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -pkeyopt rsa_keygen_pubexp:3 -out rsa-3072-e3.pem 2>/dev/null
+# The largest exponent a key may have (2^33 - 1: every bit set, 33 of them).
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -pkeyopt rsa_keygen_pubexp:8589934591 -out rsa-2048-e33.pem 2>/dev/null
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out rsa-4096.pem 2>/dev/null
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:8192 -out rsa-8192.pem 2>/dev/null
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec256.pem 2>/dev/null
