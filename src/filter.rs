@@ -273,8 +273,10 @@ fn carry_out(id: u32, sockets: &RefCell<OpenSockets>, counters: &Counters, actio
                     Some(denial.body.as_bytes()),
                 );
             }
-            // Written by `on_http_response_headers` itself, as the session returns them.
-            Action::EditResponse(_) => {}
+            // One host call per edit (a header added or replaced): cheaper than writing the whole
+            // map back in one call once the upstream's answer has more than a few headers
+            // (docs/BENCHMARKS.md, "Steps toward the floor").
+            Action::EditResponse(edits) => edits.into_iter().for_each(edit_response),
             Action::ReplaceRequestBody { cut, keep } => {
                 let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, cut, &keep);
             }
@@ -421,16 +423,6 @@ impl HttpContext for Stream {
         }
         let response = Response::new(self.get_http_response_headers_bytes());
         let actions = self.session.on_response_headers(&response);
-        // One host call per edit (a header added or replaced): cheaper than writing the whole
-        // map back in one call once the upstream's answer has more than a few headers
-        // (docs/BENCHMARKS.md, "Steps toward the floor").
-        for action in &actions {
-            if let Action::EditResponse(edits) = action {
-                for edit in edits {
-                    edit_response(*edit);
-                }
-            }
-        }
         carry_out(self.id, &self.sockets, &self.counters, actions);
         HostAction::Continue
     }
