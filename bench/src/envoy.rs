@@ -61,8 +61,9 @@ impl Variant {
     /// with [`Variant::WsgateBefore`] after wsgate when `before` is set.
     pub fn measured(before: bool) -> Vec<Variant> {
         let mut variants = Variant::ALL.to_vec();
+        let after_wsgate = variants.iter().position(|v| *v == Variant::Wsgate).map_or(0, |at| at + 1);
         if before {
-            variants.insert(4, Variant::WsgateBefore);
+            variants.insert(after_wsgate, Variant::WsgateBefore);
         }
         variants
     }
