@@ -461,8 +461,8 @@ fn rsa_verify<S: SignatureScheme>(key: &rsa::PublicKey, scheme: S, hashed: &[u8]
 /// e = 65537, 16 squarings and one multiplication, where `rsa`'s constant-time fixed window takes
 /// about 35 operations and a table built on every call. Everything a verification reads (the key,
 /// the signature, the digest) is public, so its timing tells nothing (`ring` verifies the same
-/// way). The encoded message is then compared whole with the one expected, which is what `rsa`
-/// checks byte by byte: `0x00 0x01 0xFF.. 0x00 DigestInfo digest`.
+/// way). The encoded message is then checked, part by part, to be exactly the one expected, as
+/// `rsa` checks it: `0x00 0x01 0xFF.. 0x00 DigestInfo digest`.
 fn pkcs1v15_verify(key: &rsa::PublicKey, prefix: &[u8], hashed: &[u8], signature: &[u8]) -> bool {
     use rsa::traits::PublicKeyParts;
     let k = key.size();
