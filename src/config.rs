@@ -739,13 +739,7 @@ impl Config {
         };
         let stat_prefix = match top.remove("stat_prefix") {
             None => default_stat_prefix(),
-            Some(Value::String(prefix)) => prefix,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "stat_prefix",
-                    format!("invalid type: {other}, expected a string"),
-                ))
-            }
+            Some(prefix) => parse(prefix, "stat_prefix")?,
         };
         let (policies, default) = (top.remove("policies"), top.remove("default"));
         if policies.is_none() && default.is_none() {
@@ -799,8 +793,8 @@ fn scoped(item: Value, index: usize) -> Result<ScopedPolicyConfig, ConfigError> 
 
 /// Deserializes `value` (found at JSON path `at`), naming the path of any error.
 fn parse<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let path = error.path().to_string();
+    crate::config_json::from_value(value).map_err(|error| {
+        let path = error.path();
         let field = match (at, path.as_str()) {
             ("", ".") => "configuration".to_string(),
             ("", inner) => inner.to_string(),
@@ -808,7 +802,7 @@ fn parse<T: serde::de::DeserializeOwned>(value: Value, at: &str) -> Result<T, Co
             (outer, inner) if inner.starts_with('[') => format!("{outer}{inner}"),
             (outer, inner) => format!("{outer}.{inner}"),
         };
-        ConfigError::new(field, error.into_inner().to_string())
+        ConfigError::new(field, error.message())
     })
 }
 

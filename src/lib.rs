@@ -26,6 +26,7 @@
 pub mod also_check;
 pub mod canonical;
 pub mod config;
+pub mod config_json;
 pub mod csp;
 pub mod error;
 pub mod first_message;

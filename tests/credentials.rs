@@ -566,6 +566,18 @@ fn bad_jwt_configurations_are_refused_with_the_field_named() {
         ),
         (
             format!(
+                r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "key_ops": ["verify", 7]}}]}}, {WHO}"#
+            ),
+            "auth.jwt.jwks.keys[0].key_ops[1]",
+            "is not a usable JWK: invalid type: integer `7`, expected a string",
+        ),
+        (
+            format!(r#""algorithms": ["HS256"], "jwks": {{"keys": ["oct"]}}, {WHO}"#),
+            "auth.jwt.jwks.keys[0]",
+            "is not a usable JWK: invalid type: string \"oct\", expected a JWK object",
+        ),
+        (
+            format!(
                 r#""algorithms": ["RS256"], "jwks": {{"keys": [{rsa}]}}, "issuers": [], "audiences": ["chat"]"#
             ),
             "auth.jwt.issuers",

@@ -125,6 +125,7 @@ pub struct Jwk {
 
 /// The JWK members wsgate reads; others are ignored (RFC 7517 section 4).
 #[derive(Deserialize)]
+#[serde(expecting = "a JWK object")]
 struct Members {
     kty: String,
     kid: Option<String>,
@@ -168,8 +169,10 @@ impl Jwk {
             let at = if member.is_empty() { field.to_string() } else { format!("{field}.{member}") };
             ConfigError::new(at, problem)
         };
-        let members =
-            Members::deserialize(value).map_err(|e| err("", format!("is not a usable JWK: {e}")))?;
+        let members: Members = crate::config_json::from_value(value.clone()).map_err(|e| {
+            let member = if e.path() == "." { String::new() } else { e.path() };
+            err(&member, format!("is not a usable JWK: {}", e.message()))
+        })?;
         if members.d.is_some() {
             return Err(err("d", "is private key material; give only the public key".to_string()));
         }
