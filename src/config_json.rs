@@ -9,7 +9,8 @@
 //!
 //! It reads what serde_json reads, with the same messages, except that a struct is read from a
 //! JSON object only, never from a list by position (a list has no keys to check against
-//! `deny_unknown_fields`).
+//! `deny_unknown_fields`), and a map's keys are read as strings only (serde_json would also read
+//! `"1"` as a number key; no configuration type has one).
 
 use std::fmt;
 
@@ -42,11 +43,11 @@ impl PathError {
             return ".".to_string();
         }
         let mut path = String::new();
-        for step in self.steps.iter().rev() {
+        for (n, step) in self.steps.iter().rev().enumerate() {
             match step {
                 Step::Item(index) => path.push_str(&format!("[{index}]")),
                 Step::Member(key) => {
-                    if !path.is_empty() {
+                    if n > 0 {
                         path.push('.');
                     }
                     path.push_str(key);
@@ -79,12 +80,37 @@ impl de::Error for PathError {
     fn custom<T: fmt::Display>(message: T) -> PathError {
         PathError { steps: Vec::new(), message: message.to_string() }
     }
+
+    fn invalid_type(unexpected: Unexpected<'_>, expected: &dyn de::Expected) -> PathError {
+        de::Error::custom(format_args!("invalid type: {}, expected {expected}", AsJson(unexpected)))
+    }
+
+    fn invalid_value(unexpected: Unexpected<'_>, expected: &dyn de::Expected) -> PathError {
+        de::Error::custom(format_args!("invalid value: {}, expected {expected}", AsJson(unexpected)))
+    }
 }
 
-/// How serde's messages name a value of the wrong kind, as serde_json names it.
+/// A value of the wrong kind or range named as serde_json names it: `null` rather than serde's
+/// "unit value", and a floating-point number as JSON writes it (`1e16`).
+struct AsJson<'a>(Unexpected<'a>);
+
+impl fmt::Display for AsJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Unexpected::Unit => f.write_str("null"),
+            Unexpected::Float(value) => match serde_json::Number::from_f64(value) {
+                Some(number) => write!(f, "floating point `{number}`"),
+                None => self.0.fmt(f),
+            },
+            other => other.fmt(f),
+        }
+    }
+}
+
+/// How serde's messages name a value of the wrong kind.
 fn unexpected(value: &Value) -> Unexpected<'_> {
     match value {
-        Value::Null => Unexpected::Other("null"),
+        Value::Null => Unexpected::Unit,
         Value::Bool(b) => Unexpected::Bool(*b),
         Value::Number(n) => match (n.as_u64(), n.as_i64()) {
             (Some(u), _) => Unexpected::Unsigned(u),
@@ -393,6 +419,7 @@ impl<'de> de::VariantAccess<'de> for Content {
 
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, PathError> {
         self.inside("tuple variant", |value| match value.0 {
+            Value::Array(items) if items.is_empty() => visitor.visit_unit(),
             Value::Array(items) => Reader::items(items, visitor),
             other => Err(de::Error::invalid_type(unexpected(&other), &"tuple variant")),
         })
@@ -510,9 +537,15 @@ mod tests {
             json!(-3),
             json!(70000),
             json!(1.5),
+            json!(1e16),
+            json!(-1e20),
+            json!(1e-6),
+            json!(u64::MAX),
+            json!(i64::MIN),
             json!(""),
             json!("x"),
             json!(["x"]),
+            json!([]),
             json!({}),
             json!({"unknown_key": 1}),
         ]
@@ -623,6 +656,15 @@ mod tests {
         assert_eq!(message, "invalid type: string \"policy\", expected struct PolicyConfig");
     }
 
+    #[test]
+    fn a_member_with_an_empty_name_keeps_its_place_on_the_path() {
+        type Nested = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u8>>;
+        let value = json!({"": {"x": "bad"}});
+        let ours = ours::<Nested>(value.clone());
+        assert_eq!(ours, reference::<Nested>(value));
+        assert_eq!(ours.unwrap_err().0, ".x");
+    }
+
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(rename_all = "snake_case")]
     enum Shape {
@@ -663,6 +705,9 @@ mod tests {
             json!({"dot": 1}),
             json!({"box": [2]}),
             json!({"pair": {"a": 1}}),
+            json!({"pair": []}),
+            json!({"pair": null}),
+            json!({"box": null}),
         ] {
             assert_eq!(ours::<Shape>(value.clone()), reference::<Shape>(value.clone()), "{value}");
         }
