@@ -3,9 +3,9 @@
 //!
 //! serde_json's own reader of a `Value` says what is wrong but not where. Wrapping it to say where
 //! (as `serde_path_to_error` does) wraps every type's visitor as well, and so doubled the code that
-//! reads the configuration in the module, which Envoy compiles in every VM. This reader is serde's
-//! data model over the parsed value and nothing else: an error records the member or item it
-//! came out of on its way back up, and no visitor is wrapped.
+//! reads the configuration in the module, all of which V8 compiles when Envoy loads it. This
+//! reader is serde's data model over the parsed value and nothing else: an error records the
+//! member or item it came out of on its way back up, and no visitor is wrapped.
 //!
 //! It reads what serde_json reads, with the same messages, except that a struct is read from a
 //! JSON object only, never from a list by position (a list has no keys to check against
