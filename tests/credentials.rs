@@ -619,6 +619,22 @@ fn bad_jwt_configurations_are_refused_with_the_field_named() {
 }
 
 #[test]
+fn a_secret_of_the_wrong_kind_is_refused_without_its_value_in_the_error() {
+    for member in ["k", "d"] {
+        let members = format!(
+            r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "{member}": 4815162342}}]}}, {WHO}"#
+        );
+        let error = match Policy::from_json(jwt_auth(&members).as_bytes()) {
+            Ok(_) => panic!("accepted a JWK whose {member} is a number"),
+            Err(error) => error,
+        };
+        assert_eq!(error.field, format!("auth.jwt.jwks.keys[0].{member}"));
+        assert!(error.problem.contains("not a string"), "{error}");
+        assert!(!error.to_string().contains("4815162342"), "{error}");
+    }
+}
+
+#[test]
 fn an_hmac_secret_can_come_from_the_environment_instead_of_the_configuration() {
     let members = format!(
         r#""algorithms": ["HS256"], "jwks": {{"keys": [{{"kty": "oct", "k_env": "WSGATE_HS_SECRET"}}]}}, {WHO}"#

@@ -218,3 +218,29 @@ async fn a_token_without_kid_is_refused_when_more_than_four_keys_fit_and_one_wit
     assert_eq!(ws_echo(&mut socket, "named").await, "named");
     assert_eq!(gate.upstream_requests().iter().filter(|r| r.is_upgrade()).count(), 1);
 }
+
+#[test]
+fn a_secret_of_the_wrong_kind_is_refused_and_stays_out_of_envoys_log() {
+    let config = json!({
+        "allowed_origins": ["https://app.example.com"],
+        "auth": {
+            "sources": [{"query": "access_token"}],
+            "jwt": {
+                "algorithms": ["HS256"],
+                "jwks": {"keys": [{"kty": "oct", "k": 4815162342_u64}]},
+                "issuers": ["https://issuer.example"],
+                "audiences": ["chat"]
+            }
+        }
+    })
+    .to_string();
+    let listener = support::listener_yaml("secret", support::free_port(), &config, None);
+    let bootstrap =
+        support::bootstrap_yaml(&[listener], "127.0.0.1:9".parse().unwrap(), support::free_port());
+    let output = support::validate_yaml(&bootstrap);
+    let log =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{log}");
+    assert!(log.contains("auth.jwt.jwks.keys[0].k: is not a usable JWK: not a string"), "{log}");
+    assert!(!log.contains("4815162342"), "{log}");
+}

@@ -171,7 +171,14 @@ impl Jwk {
         };
         let members: Members = crate::config_json::from_value(value.clone()).map_err(|e| {
             let member = if e.path() == "." { String::new() } else { e.path() };
-            err(&member, format!("is not a usable JWK: {}", e.message()))
+            // serde's message repeats the value ("invalid type: integer `…`"): never a secret's.
+            let problem = match member.as_str() {
+                "k" | "d" => {
+                    "is not a usable JWK: not a string (its value, key material, is not shown)".into()
+                }
+                _ => format!("is not a usable JWK: {}", e.message()),
+            };
+            err(&member, problem)
         })?;
         if members.d.is_some() {
             return Err(err("d", "is private key material; give only the public key".to_string()));
