@@ -257,11 +257,13 @@ impl<'de> de::Deserializer<'de> for Reader {
     ) -> Result<V::Value, PathError> {
         match self.0 {
             Value::String(name) => visitor.visit_enum(Variant { name, value: None }),
-            Value::Object(members) if members.len() == 1 => match members.into_iter().next() {
-                Some((name, value)) => visitor.visit_enum(Variant { name, value: Some(value) }),
-                None => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
-            },
-            Value::Object(_) => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
+            Value::Object(members) => {
+                let mut members = members.into_iter();
+                match (members.next(), members.next()) {
+                    (Some((name, value)), None) => visitor.visit_enum(Variant { name, value: Some(value) }),
+                    _ => Err(de::Error::invalid_value(Unexpected::Map, &"map with a single key")),
+                }
+            }
             other => Err(de::Error::invalid_type(unexpected(&other), &"string or map")),
         }
     }

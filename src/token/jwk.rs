@@ -170,7 +170,8 @@ impl Jwk {
             ConfigError::new(at, problem)
         };
         let members: Members = crate::config_json::from_value(value.clone()).map_err(|e| {
-            let member = if e.path() == "." { String::new() } else { e.path() };
+            let path = e.path();
+            let member = if path == "." { String::new() } else { path };
             // serde's message repeats the value ("invalid type: integer `…`"): never a secret's.
             let problem = match member.as_str() {
                 "k" | "d" => {
