@@ -181,6 +181,18 @@ async fn every_known_bypass_is_refused_and_the_vm_survives_each() {
             401,
         ),
         (
+            "a cookie named with a space before its '=', alone (the control)",
+            "/ws".into(),
+            with(allowed, &[&format!("cookie: n=1; ws_token ={KEY}")]),
+            101,
+        ),
+        (
+            "the same beside a look-alike after whitespace in another pair, which would be left for the upstream",
+            "/ws".into(),
+            with(allowed, &[&format!("cookie: n= ws_token=forged; ws_token ={KEY}")]),
+            401,
+        ),
+        (
             "algorithm confusion: HS256 with the RSA public key",
             format!("/ws?token={}", confused_token()),
             with(allowed, &[]),
@@ -205,7 +217,9 @@ async fn every_known_bypass_is_refused_and_the_vm_survives_each() {
     assert!((400..500).contains(&reply.status), "a 70 KB header got {}", reply.status);
     assert_alive(port, "a 70 KB header").await;
 
-    // Only the valid handshakes of assert_alive reached the upstream as upgrades.
+    // Only the valid handshakes of assert_alive and the cases admitted (the controls) reached the
+    // upstream as upgrades.
+    let admitted = cases.iter().filter(|(_, _, _, status)| *status == 101).count();
     let upgrades = gate.upstream_requests().iter().filter(|r| r.is_upgrade()).count();
-    assert_eq!(upgrades, cases.len() + 2, "a refused handshake reached the upstream");
+    assert_eq!(upgrades, cases.len() + 2 + admitted, "a refused handshake reached the upstream");
 }

@@ -130,12 +130,13 @@ fn query(path: &[u8], name: &str) -> Lookup<'static> {
         }
     }
     let readings = readings_of(query.split(|&b| b == b'&' || b == b';'), name);
+    let left = readings_of(kept.iter().flat_map(|pair| pair.split(|&b| b == b';')), name);
     let mut new_path = before.to_vec();
     if kept.iter().any(|pair| !pair.is_empty()) {
         new_path.push(b'?');
         new_path.extend_from_slice(&kept.join(&b'&'));
     }
-    one(found, readings, RequestEdit::Set(":path", new_path))
+    one(found, readings, left, RequestEdit::Set(":path", new_path))
 }
 
 /// `path` without any query parameter that some parser reads as one of `names`: what Envoy's
@@ -167,9 +168,7 @@ pub fn without_query_credentials(path: &[u8], names: &[String]) -> Option<Vec<u8
 fn cookie(request: &Request, name: &str) -> Lookup<'static> {
     let mut found = Vec::new();
     let mut lines = Vec::new();
-    let items = request
-        .values("cookie")
-        .flat_map(|line| line.split(|&b| b == b';' || b == b',' || b.is_ascii_whitespace()));
+    let items = request.values("cookie").flat_map(|line| line.split(|&b| cookie_separator(b)));
     let readings = readings_of(items, name);
     for line in request.values("cookie") {
         let mut kept: Vec<&[u8]> = Vec::new();
@@ -187,7 +186,13 @@ fn cookie(request: &Request, name: &str) -> Lookup<'static> {
             lines.push(kept.join(b"; ".as_slice()));
         }
     }
-    one(found, readings, RequestEdit::Lines("cookie", lines))
+    let left = readings_of(lines.iter().flat_map(|line| line.split(|&b| cookie_separator(b))), name);
+    one(found, readings, left, RequestEdit::Lines("cookie", lines))
+}
+
+/// What some parser ends a cookie pair at: `;`, `,` (RFC 2109) or whitespace.
+fn cookie_separator(b: u8) -> bool {
+    b == b';' || b == b',' || b.is_ascii_whitespace()
 }
 
 /// A header present on exactly one line, whose value starts with `prefix` (case-insensitively,
@@ -252,12 +257,20 @@ pub fn offered_subprotocols(request: &Request) -> impl Iterator<Item = &[u8]> {
 /// The single credential found, or why there is not exactly one. `readings` counts the items
 /// that some parser reads as the credential, the ones `found` included: more than one is a
 /// duplicate, whichever is valid; one that only another parser reads so is no credential here
-/// and would be one there, so it is refused too (malformed).
-fn one(mut found: Vec<Vec<u8>>, readings: usize, strip: RequestEdit<'static>) -> Lookup<'static> {
-    match (found.len(), readings) {
-        (0, 0) => Lookup::Absent,
-        (0, 1) => Lookup::Malformed,
-        (1, 0 | 1) => Lookup::Found { credential: found.pop().unwrap_or_default(), strip },
+/// and would be one there, so it is refused too (malformed). `left` counts those readings in what
+/// stays once the credential is stripped: a found credential is taken only when nothing the
+/// upstream receives can still be read as one (a reading the split into `readings` missed, such
+/// as `ws_token =a` beside `n= ws_token=b`, is one found and another left).
+fn one(
+    mut found: Vec<Vec<u8>>,
+    readings: usize,
+    left: usize,
+    strip: RequestEdit<'static>,
+) -> Lookup<'static> {
+    match (found.len(), readings, left) {
+        (0, 0, _) => Lookup::Absent,
+        (0, 1, _) => Lookup::Malformed,
+        (1, 0 | 1, 0) => Lookup::Found { credential: found.pop().unwrap_or_default(), strip },
         _ => Lookup::Duplicated,
     }
 }
@@ -379,6 +392,14 @@ mod tests {
     fn cookie_names_are_compared_exactly_and_quoted_values_unquoted() {
         assert_eq!(in_cookies(&["ws_tokenx=1; xws_token=2"]), Lookup::Absent);
         assert_eq!(in_cookies(&["ws_token=\"abc\""]), found("abc", cookies(&[])));
+    }
+
+    #[test]
+    fn a_credential_is_taken_only_when_nothing_left_behind_reads_as_one() {
+        // `ws_token =a` is found but, split at whitespace, is no reading; the look-alike after
+        // whitespace in another pair is one, and would go to the upstream.
+        assert_eq!(in_cookies(&["n= ws_token=b; ws_token =a"]), Lookup::Duplicated);
+        assert_eq!(in_cookies(&["n=1; ws_token =a"]), found("a", cookies(&["n=1"])));
     }
 
     #[test]
